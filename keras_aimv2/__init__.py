@@ -1,0 +1,23 @@
+"""keras-aimv2: AIMv2 vision encoders for Keras 3 and keras-hub.
+
+AIMv2 ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
+Fini et al., CVPR 2025) pre-trains a ViT by pairing it with a causal
+multimodal decoder that regresses the image's patches and then generates its
+caption. This package implements it on JAX, TensorFlow and PyTorch.
+"""
+
+from keras_aimv2 import layers
+from keras_aimv2.configs import BACKBONE_CONFIGS
+from keras_aimv2.configs import DECODER_CONFIGS
+from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AIMV2Backbone",
+    "AIMV2Pretrainer",
+    "BACKBONE_CONFIGS",
+    "DECODER_CONFIGS",
+    "layers",
+]

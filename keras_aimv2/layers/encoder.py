@@ -1,0 +1,83 @@
+"""The AIMv2 vision encoder trunk."""
+
+import keras
+
+from keras_aimv2.api import register
+from keras_aimv2.layers.prefix import prefix_attention_mask
+from keras_aimv2.layers.transformer import build_blocks
+
+
+@register
+class PrefixViTEncoder(keras.layers.Layer):
+    """ViT trunk with prefix attention in pre-training, full attention after.
+
+    A stack of pre-norm SwiGLU/RMSNorm transformer blocks followed by a
+    final RMSNorm, whose output is the image's patch features. Given
+    per-example `prefix_lengths` it applies prefix attention (the first `M`
+    patches attend to each other, the rest causally), as during AIMv2
+    pre-training; given none it is bidirectional, as when the encoder is
+    used after pre-training, with no further tuning.
+
+    Args:
+        num_layers: int. Number of transformer blocks.
+        num_heads: int. Number of attention heads.
+        intermediate_dim: int. Hidden width of the SwiGLU feed-forward.
+        layer_norm_epsilon: float. RMSNorm epsilon. Defaults to `1e-5`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> encoder = PrefixViTEncoder(
+    ...     num_layers=2, num_heads=2, intermediate_dim=128
+    ... )
+    >>> tokens = np.random.rand(2, 16, 64).astype("float32")
+    >>> encoder(tokens, prefix_lengths=np.array([3, 9])).shape
+    (2, 16, 64)
+    """
+
+    def __init__(
+        self,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.blocks, self.final_norm = build_blocks(
+            self, num_layers, num_heads, intermediate_dim, layer_norm_epsilon
+        )
+
+    def build(self, input_shape):
+        for layer in (*self.blocks, self.final_norm):
+            layer.build(input_shape)
+
+    def call(self, tokens, prefix_lengths=None):
+        mask = None
+        if prefix_lengths is not None:
+            mask = prefix_attention_mask(
+                prefix_lengths, keras.ops.shape(tokens)[1]
+            )
+        x = tokens
+        for block in self.blocks:
+            x = block(x, attention_mask=mask)
+        return self.final_norm(x)
+
+    def compute_output_shape(self, tokens_shape, prefix_lengths_shape=None):
+        return tokens_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

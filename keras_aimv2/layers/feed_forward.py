@@ -1,0 +1,65 @@
+"""SwiGLU feed-forward network of the AIMv2 blocks."""
+
+import keras
+from keras import ops
+
+from keras_aimv2.api import register
+
+
+@register
+class SwiGLUFeedForward(keras.layers.Layer):
+    """SwiGLU: `down(silu(gate(x)) * up(x))`, without biases.
+
+    The gate and up projections are fused into one kernel laid out
+    `[gate | up]`. AIMv2 sizes the hidden layer as
+    `round_up(2 / 3 * 4 * width, 256)`.
+
+    Args:
+        intermediate_dim: int. Width of the hidden layer.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 10, 64).astype("float32")
+    >>> SwiGLUFeedForward(intermediate_dim=256)(x).shape
+    (2, 10, 64)
+    """
+
+    def __init__(self, intermediate_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.intermediate_dim = intermediate_dim
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        # Xavier-uniform as if gate and up were two separate kernels.
+        fused_glorot = keras.initializers.VarianceScaling(
+            scale=(hidden_dim + 2 * self.intermediate_dim)
+            / (hidden_dim + self.intermediate_dim),
+            mode="fan_avg",
+            distribution="uniform",
+        )
+        self.gate_up = keras.layers.Dense(
+            2 * self.intermediate_dim,
+            use_bias=False,
+            kernel_initializer=fused_glorot,
+            dtype=self.dtype_policy,
+            name="gate_up",
+        )
+        self.gate_up.build(input_shape)
+        self.down = keras.layers.Dense(
+            hidden_dim,
+            use_bias=False,
+            kernel_initializer="glorot_uniform",
+            dtype=self.dtype_policy,
+            name="down",
+        )
+        self.down.build((*input_shape[:-1], self.intermediate_dim))
+
+    def call(self, x):
+        gate, up = ops.split(self.gate_up(x), 2, axis=-1)
+        return self.down(ops.silu(gate) * up)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"intermediate_dim": self.intermediate_dim})
+        return config

@@ -1,0 +1,92 @@
+"""The pre-norm transformer block shared by the AIMv2 encoder and decoder."""
+
+import keras
+
+from keras_aimv2.api import register
+from keras_aimv2.layers.attention import SelfAttention
+from keras_aimv2.layers.feed_forward import SwiGLUFeedForward
+from keras_aimv2.layers.norm import RMSNorm
+
+
+@register
+class TransformerBlock(keras.layers.Layer):
+    """`x + attention(norm(x))`, then `x + swiglu(norm(x))`.
+
+    Args:
+        num_heads: int. Number of attention heads.
+        intermediate_dim: int. Hidden width of the SwiGLU feed-forward.
+        layer_norm_epsilon: float. RMSNorm epsilon. Defaults to `1e-5`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 10, 64).astype("float32")
+    >>> TransformerBlock(num_heads=2, intermediate_dim=128)(x).shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self, num_heads, intermediate_dim, layer_norm_epsilon=1e-5, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.attention_norm = RMSNorm(
+            layer_norm_epsilon, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.attention = SelfAttention(
+            num_heads, dtype=self.dtype_policy, name="attention"
+        )
+        self.feed_forward_norm = RMSNorm(
+            layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="feed_forward_norm",
+        )
+        self.feed_forward = SwiGLUFeedForward(
+            intermediate_dim, dtype=self.dtype_policy, name="feed_forward"
+        )
+
+    def build(self, input_shape):
+        for layer in (
+            self.attention_norm,
+            self.attention,
+            self.feed_forward_norm,
+            self.feed_forward,
+        ):
+            layer.build(input_shape)
+
+    def call(self, x, attention_mask=None, is_causal=False):
+        x = x + self.attention(
+            self.attention_norm(x),
+            attention_mask=attention_mask,
+            is_causal=is_causal,
+        )
+        return x + self.feed_forward(self.feed_forward_norm(x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+
+def build_blocks(layer, num_layers, num_heads, intermediate_dim, epsilon):
+    """The block stack and final RMSNorm of an encoder or decoder `layer`."""
+    blocks = [
+        TransformerBlock(
+            num_heads,
+            intermediate_dim,
+            epsilon,
+            dtype=layer.dtype_policy,
+            name=f"block_{i}",
+        )
+        for i in range(num_layers)
+    ]
+    norm = RMSNorm(epsilon, dtype=layer.dtype_policy, name="final_norm")
+    return blocks, norm

@@ -1,0 +1,1 @@
+"""AIMv2 models: the backbone and the pre-training task."""

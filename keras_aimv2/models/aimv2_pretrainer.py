@@ -1,0 +1,222 @@
+"""AIMv2 pre-training: encoder, multimodal decoder, heads and objective."""
+
+import keras
+from keras import ops
+from keras_hub.models import Task
+
+from keras_aimv2 import objective
+from keras_aimv2.api import register
+from keras_aimv2.layers.decoder import MultimodalCausalDecoder
+from keras_aimv2.layers.heads import PixelHead
+from keras_aimv2.layers.heads import TextHead
+from keras_aimv2.layers.prefix import PrefixSampler
+from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.optimization import aimv2_adamw
+
+INPUT_KEYS = ("images", "token_ids", "padding_mask")
+
+
+@register
+class AIMV2Pretrainer(Task):
+    """Pre-trains an `AIMV2Backbone` with AIMv2's multimodal objective.
+
+    The encoder reads the image under prefix attention with a prefix length
+    `M ~ U{1, ..., I - 1}` drawn per example; a causal multimodal decoder
+    reads `[image features][BOS][caption]`; a pixel head regresses each next
+    normalized patch after the prefix and a text head predicts each next
+    caption token. The loss is `text + pixel_loss_weight * pixel`
+    ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
+    Fini et al., CVPR 2025). After training, keep `pretrainer.backbone`.
+
+    Inputs are a dict with `"images"` (`(batch, height, width, channels)`,
+    normalized), `"token_ids"` (`(batch, T)`, the caption right-padded to at
+    most `context_length`), `"padding_mask"` (`(batch, T)`, true for real
+    tokens) and, optionally, `"prefix_lengths"` (`(batch,)`, replacing the
+    drawn ones). Outputs are a dict: `"pixel_predictions"` (`(batch, I - 1,
+    patch_dim)`, prediction `i` for patch `i + 1`), `"text_logits"`
+    (`(batch, T, vocabulary_size)`, logit `j` for token `j`) and
+    `"prefix_lengths"`. `fit` reports `loss`, `pixel_loss`, `text_loss` and
+    `text_accuracy`; `evaluate` draws prefixes from a fixed seed.
+
+    Args:
+        backbone: `keras_aimv2.AIMV2Backbone`. The encoder to pre-train.
+        decoder_hidden_dim: int. Decoder width. Defaults to `1024`.
+        decoder_num_layers: int. Decoder blocks. Defaults to `12`.
+        decoder_num_heads: int. Decoder attention heads. Defaults to `8`.
+        decoder_intermediate_dim: int. Decoder SwiGLU hidden width.
+            Defaults to `2816`.
+        vocabulary_size: int. Text tokens. Defaults to `32000`.
+        context_length: int. Most caption tokens. Defaults to `77`.
+        pixel_loss_weight: float. `alpha` of the objective. Defaults to
+            `0.4`.
+        seed: int or `None`. Seed of the prefix draws. Defaults to `None`.
+        preprocessor: `keras_hub.models.Preprocessor` or `None`. Turns raw
+            samples into the inputs above. Defaults to `None`.
+        **kwargs: other keyword arguments passed to `keras_hub.models.Task`.
+
+    Example:
+
+    >>> backbone = AIMV2Backbone(**BACKBONE_CONFIGS["tiny"])
+    >>> pretrainer = AIMV2Pretrainer(backbone, **DECODER_CONFIGS["tiny"])
+    >>> batch = {
+    ...     "images": np.random.rand(4, 32, 32, 3).astype("float32"),
+    ...     "token_ids": np.random.randint(2, 100, (4, 8)),
+    ...     "padding_mask": np.ones((4, 8), "int32"),
+    ... }
+    >>> history = pretrainer.fit(batch, batch_size=2, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'pixel_loss', 'text_accuracy', 'text_loss']
+    """
+
+    backbone_cls = AIMV2Backbone
+
+    def __init__(
+        self,
+        backbone,
+        decoder_hidden_dim=1024,
+        decoder_num_layers=12,
+        decoder_num_heads=8,
+        decoder_intermediate_dim=2816,
+        vocabulary_size=32000,
+        context_length=77,
+        pixel_loss_weight=0.4,
+        seed=None,
+        preprocessor=None,
+        **kwargs,
+    ):
+        super().__init__(compile=False, **kwargs)
+        dtype = backbone.dtype_policy
+        self.dtype_policy = dtype
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.prefix_sampler = PrefixSampler(seed=seed, name="prefix_sampler")
+        self.decoder = MultimodalCausalDecoder(
+            hidden_dim=decoder_hidden_dim,
+            num_layers=decoder_num_layers,
+            num_heads=decoder_num_heads,
+            intermediate_dim=decoder_intermediate_dim,
+            vocabulary_size=vocabulary_size,
+            context_length=context_length,
+            layer_norm_epsilon=backbone.layer_norm_epsilon,
+            dtype=dtype,
+            name="decoder",
+        )
+        patch_dim = backbone.patch_size**2 * backbone.num_channels
+        self.pixel_head = PixelHead(patch_dim, dtype=dtype, name="pixel_head")
+        self.text_head = TextHead(
+            vocabulary_size, dtype=dtype, name="text_head"
+        )
+        self.decoder.build((None, None, backbone.hidden_dim), (None, None))
+        self.pixel_head.build((None, None, decoder_hidden_dim))
+        self.text_head.build((None, None, decoder_hidden_dim))
+        self.built = True
+
+        # === Metrics ===
+        self.pixel_loss_tracker = keras.metrics.Mean(name="pixel_loss")
+        self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
+        self.text_accuracy_tracker = keras.metrics.Mean(name="text_accuracy")
+
+        # === Config ===
+        self.decoder_hidden_dim = decoder_hidden_dim
+        self.decoder_num_layers = decoder_num_layers
+        self.decoder_num_heads = decoder_num_heads
+        self.decoder_intermediate_dim = decoder_intermediate_dim
+        self.vocabulary_size = vocabulary_size
+        self.context_length = context_length
+        self.pixel_loss_weight = pixel_loss_weight
+        self.seed = seed
+
+        self.compile()
+
+    def compile(self, optimizer="auto", **kwargs):
+        """Configure training. The loss is AIMv2's objective, built in.
+
+        Args:
+            optimizer: `"auto"` or a `keras.optimizers.Optimizer`. `"auto"`
+                is AdamW with AIMv2-L's recipe at a constant rate of 1e-3
+                (`keras_aimv2.optimization.aimv2_adamw`). Defaults to
+                `"auto"`.
+            **kwargs: other keyword arguments passed to `keras.Model.compile`
+                (`metrics`, `jit_compile`, `steps_per_execution`, ...).
+        """
+        if optimizer == "auto":
+            optimizer = aimv2_adamw()
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def call(self, inputs, training=None):
+        missing = [key for key in INPUT_KEYS if key not in inputs]
+        if missing:
+            raise ValueError(
+                f"AIMV2Pretrainer inputs must be a dict with keys "
+                f"{list(INPUT_KEYS)} (and optionally 'prefix_lengths'). "
+                f"Missing: {missing}"
+            )
+        patch_tokens = self.backbone.patch_embedding(inputs["images"])
+        num_patches = patch_tokens.shape[1]
+        prefix_lengths = self.prefix_sampler(
+            patch_tokens, inputs.get("prefix_lengths"), training=training
+        )
+        features = self.backbone.encoder(
+            patch_tokens, prefix_lengths=prefix_lengths
+        )
+        # The last token predicts nothing: the decoder never needs it.
+        hidden = self.decoder(features, inputs["token_ids"][:, :-1])
+        return {
+            "pixel_predictions": self.pixel_head(hidden[:, : num_patches - 1]),
+            "text_logits": self.text_head(hidden[:, num_patches:]),
+            "prefix_lengths": prefix_lengths,
+        }
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        images = x["images"]
+        targets = objective.pixel_targets(images, self.backbone.patch_size)
+        weights = objective.pixel_target_weights(
+            y_pred["prefix_lengths"], ops.shape(targets)[1]
+        )
+        pixel_loss = objective.pixel_loss(
+            y_pred["pixel_predictions"], targets, weights
+        )
+        text_loss, text_accuracy = objective.text_loss_and_accuracy(
+            y_pred["text_logits"], x["token_ids"], x["padding_mask"]
+        )
+        self.pixel_loss_tracker.update_state(pixel_loss)
+        self.text_loss_tracker.update_state(text_loss)
+        self.text_accuracy_tracker.update_state(text_accuracy)
+        loss = text_loss + self.pixel_loss_weight * pixel_loss
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        data = super().preprocess_samples(x, y=y, sample_weight=sample_weight)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, dict) and "token_ids" in x:
+            x = dict(x)
+            x["token_ids"] = self.decoder.check_token_ids(x["token_ids"])
+            num_patches = self.backbone.patch_embedding.compute_output_shape(
+                x["images"].shape
+            )[1]
+            if x.get("prefix_lengths") is not None and num_patches:
+                x["prefix_lengths"] = self.prefix_sampler.check_prefix_lengths(
+                    x["prefix_lengths"], num_patches
+                )
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "decoder_hidden_dim": self.decoder_hidden_dim,
+                "decoder_num_layers": self.decoder_num_layers,
+                "decoder_num_heads": self.decoder_num_heads,
+                "decoder_intermediate_dim": self.decoder_intermediate_dim,
+                "vocabulary_size": self.vocabulary_size,
+                "context_length": self.context_length,
+                "pixel_loss_weight": self.pixel_loss_weight,
+                "seed": self.seed,
+            }
+        )
+        return config
