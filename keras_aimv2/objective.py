@@ -59,9 +59,7 @@ def text_loss_and_accuracy(text_logits, token_ids, padding_mask):
     )
     weights = ops.cast(padding_mask, "float32")
     correct = ops.cast(
-        ops.equal(
-            ops.argmax(logits, axis=-1), ops.cast(token_ids, "int32")
-        ),
+        ops.equal(ops.argmax(logits, axis=-1), ops.cast(token_ids, "int32")),
         "float32",
     )
     return (

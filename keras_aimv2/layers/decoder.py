@@ -76,9 +76,7 @@ class MultimodalCausalDecoder(keras.layers.Layer):
         self.token_embedding = keras.layers.Embedding(
             vocabulary_size,
             hidden_dim,
-            embeddings_initializer=keras.initializers.RandomNormal(
-                stddev=0.02
-            ),
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
             dtype=self.dtype_policy,
             name="token_embedding",
         )

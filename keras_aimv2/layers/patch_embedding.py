@@ -87,7 +87,10 @@ class PatchEmbedding(keras.layers.Layer):
                     f"size. Received images of shape {tuple(input_shape)}."
                 )
             self._check_sides(height, width)
-            self.grid_size = (height // self.patch_size, width // self.patch_size)
+            self.grid_size = (
+                height // self.patch_size,
+                width // self.patch_size,
+            )
             self.position_embedding = self.add_weight(
                 name="position_embedding",
                 shape=(self.grid_size[0] * self.grid_size[1], self.hidden_dim),

@@ -77,7 +77,7 @@ class PrefixSampler(keras.layers.Layer):
                 prefix_lengths = self.check_prefix_lengths(
                     prefix_lengths, num_tokens
                 )
-            return ops.cast(prefix_lengths, "int32")
+            return ops.cast(ops.convert_to_tensor(prefix_lengths), "int32")
         if num_tokens is None:
             num_tokens = ops.shape(tokens)[1]
         seed = self.seed_generator if training else self.evaluation_seed

@@ -155,13 +155,16 @@ class AIMV2Pretrainer(Task):
         patch_tokens = self.backbone.patch_embedding(inputs["images"])
         num_patches = patch_tokens.shape[1]
         prefix_lengths = self.prefix_sampler(
-            patch_tokens, inputs.get("prefix_lengths"), training=training
+            patch_tokens,
+            prefix_lengths=inputs.get("prefix_lengths"),
+            training=training,
         )
         features = self.backbone.encoder(
             patch_tokens, prefix_lengths=prefix_lengths
         )
+        token_ids = self.decoder.check_token_ids(inputs["token_ids"])
         # The last token predicts nothing: the decoder never needs it.
-        hidden = self.decoder(features, inputs["token_ids"][:, :-1])
+        hidden = self.decoder(features, token_ids[:, :-1])
         return {
             "pixel_predictions": self.pixel_head(hidden[:, : num_patches - 1]),
             "text_logits": self.text_head(hidden[:, num_patches:]),

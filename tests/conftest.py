@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and batches, on the backend of this run."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_aimv2
+
+TINY_BACKBONE = keras_aimv2.BACKBONE_CONFIGS["tiny"]
+TINY_DECODER = keras_aimv2.DECODER_CONFIGS["tiny"]
+
+
+def make_batch(batch_size=4, seed=0, num_real_tokens=None):
+    """A batch for the tiny configuration, with right-padded captions."""
+    rng = np.random.default_rng(seed)
+    height, width, channels = TINY_BACKBONE["image_shape"]
+    length = TINY_DECODER["context_length"]
+    vocabulary_size = TINY_DECODER["vocabulary_size"]
+    if num_real_tokens is None:
+        num_real_tokens = rng.integers(2, length + 1, size=batch_size)
+    padding_mask = np.arange(length)[None, :] < np.asarray(
+        num_real_tokens
+    ).reshape(-1, 1)
+    token_ids = rng.integers(2, vocabulary_size, size=(batch_size, length))
+    return {
+        "images": rng.normal(size=(batch_size, height, width, channels)).astype(
+            "float32"
+        ),
+        "token_ids": np.where(padding_mask, token_ids, 0).astype("int32"),
+        "padding_mask": padding_mask,
+    }
+
+
+def tiny_pretrainer(seed=0, **overrides):
+    keras.utils.set_random_seed(seed)
+    backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
+    return keras_aimv2.AIMV2Pretrainer(
+        backbone, **{**TINY_DECODER, "seed": seed, **overrides}
+    )
+
+
+@pytest.fixture
+def pretrainer():
+    return tiny_pretrainer()
+
+
+@pytest.fixture
+def batch():
+    return make_batch()
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)

@@ -1,0 +1,140 @@
+"""The pre-training task: wiring, training, evaluation and bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_batch
+from conftest import tiny_pretrainer
+from conftest import to_numpy
+
+
+def _with_prefix(batch, prefix):
+    return {**batch, "prefix_lengths": np.full((len(batch["images"]),), prefix)}
+
+
+def test_outputs_and_given_prefix(pretrainer, batch):
+    outputs = pretrainer(_with_prefix(batch, 5))
+    assert tuple(outputs["pixel_predictions"].shape) == (4, 15, 192)
+    assert tuple(outputs["text_logits"].shape) == (4, 8, 100)
+    np.testing.assert_array_equal(to_numpy(outputs["prefix_lengths"]), 5)
+
+
+def test_text_logit_never_sees_its_target(pretrainer, batch):
+    # Logit j predicts token j: changing token k may only move logits > k.
+    k = 4
+    changed = {**batch, "token_ids": batch["token_ids"].copy()}
+    changed["token_ids"][:, k] = (changed["token_ids"][:, k] + 1) % 100
+    before = to_numpy(pretrainer(_with_prefix(batch, 3))["text_logits"])
+    after = to_numpy(pretrainer(_with_prefix(changed, 3))["text_logits"])
+    moved = np.abs(after - before).max(axis=(0, 2)) > 1e-6
+    assert moved.tolist() == [j > k for j in range(8)]
+
+
+def test_pixel_prediction_never_sees_its_target(pretrainer, batch):
+    # Prediction i regresses patch i + 1; patch t (after the prefix) may
+    # only move predictions >= t, i.e. those for patches after t.
+    t = 9
+    changed = {**batch, "images": batch["images"].copy()}
+    changed["images"][:, 8:16, 8:16] += 1.0  # Patch (row 1, column 1) = 5.
+    changed["images"][:, 16:24, 8:16] += 1.0  # Patch (row 2, column 1) = 9.
+    before = to_numpy(pretrainer(_with_prefix(batch, 6))["pixel_predictions"])
+    after = to_numpy(pretrainer(_with_prefix(changed, 6))["pixel_predictions"])
+    moved = np.abs(after - before).max(axis=(0, 2)) > 1e-6
+    # Patch 5 is in the prefix (M = 6) and is seen everywhere.
+    assert moved.all()
+    changed["images"][:, 8:16, 8:16] = batch["images"][:, 8:16, 8:16]
+    after = to_numpy(pretrainer(_with_prefix(changed, 6))["pixel_predictions"])
+    moved = np.abs(after - before).max(axis=(0, 2)) > 1e-6
+    assert moved.tolist() == [i >= t for i in range(15)]
+
+
+def test_fit_logs_all_losses_and_overfits_a_batch():
+    pretrainer = tiny_pretrainer(seed=1)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(learning_rate=2e-3))
+    batch = make_batch(batch_size=8, seed=3)
+    repeated = tf.data.Dataset.from_tensors(batch).repeat()
+    history = pretrainer.fit(
+        repeated, steps_per_epoch=30, epochs=10, verbose=0
+    ).history
+    assert set(history) == {"loss", "pixel_loss", "text_loss", "text_accuracy"}
+    first = {key: values[0] for key, values in history.items()}
+    last = {key: values[-1] for key, values in history.items()}
+    assert last["text_loss"] < first["text_loss"] / 20
+    assert last["pixel_loss"] < first["pixel_loss"] / 3
+    assert last["text_accuracy"] > 0.95
+    np.testing.assert_allclose(
+        last["loss"], last["text_loss"] + 0.4 * last["pixel_loss"], rtol=0.05
+    )
+
+
+def test_training_draws_new_prefixes_every_step(pretrainer, batch):
+    pretrainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0))
+    big = make_batch(batch_size=64, seed=5)
+    losses = [
+        pretrainer.train_on_batch(big, return_dict=True)["pixel_loss"]
+        for _ in range(3)
+    ]
+    # Same weights, same batch: only the prefixes differ between steps.
+    assert len(set(np.round(losses, 6).tolist())) == 3
+
+
+def test_evaluation_is_reproducible(pretrainer):
+    data = make_batch(batch_size=16, seed=4)
+    first = pretrainer.evaluate(data, batch_size=8, verbose=0)
+    second = pretrainer.evaluate(data, batch_size=8, verbose=0)
+    other = tiny_pretrainer().evaluate(data, batch_size=8, verbose=0)
+    assert first == second == other
+
+
+def test_explicit_prefix_replaces_the_draw(pretrainer):
+    data = make_batch(batch_size=8, seed=4)
+    drawn = pretrainer.evaluate(data, batch_size=8, verbose=0)
+    given = pretrainer.evaluate(_with_prefix(data, 15), batch_size=8, verbose=0)
+    assert drawn != given
+    outputs = pretrainer.predict(_with_prefix(data, 15), verbose=0)
+    np.testing.assert_array_equal(outputs["prefix_lengths"], 15)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 24, 24, 3), (2, 32, 32, 1), (2, 32, 32, 4)]
+)
+def test_wrong_image_size_or_channels(pretrainer, shape):
+    images = np.zeros(shape, "float32")
+    with pytest.raises(ValueError, match="images"):
+        pretrainer.backbone(images)
+    with pytest.raises(ValueError, match="images"):
+        pretrainer({**make_batch(batch_size=2), "images": images})
+
+
+def test_token_ids_outside_vocabulary(pretrainer, batch):
+    for bad_id in (100, -1):
+        batch["token_ids"][0, 0] = bad_id
+        with pytest.raises(ValueError, match=r"token_ids.*\[0, 99\]"):
+            pretrainer(batch)
+    with pytest.raises(Exception, match=r"token_ids.*\[0, 99\]"):
+        pretrainer.fit(batch, batch_size=4, verbose=0)
+
+
+def test_too_many_tokens(pretrainer, batch):
+    batch["token_ids"] = np.ones((4, 9), "int32")
+    batch["padding_mask"] = np.ones((4, 9), bool)
+    with pytest.raises(ValueError, match="context_length=8"):
+        pretrainer(batch)
+    with pytest.raises(ValueError, match="context_length=8"):
+        pretrainer.fit(batch, batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize("prefix", [0, 16, -3])
+def test_prefix_length_outside_range(pretrainer, batch, prefix):
+    bad = _with_prefix(batch, prefix)
+    with pytest.raises(ValueError, match=r"prefix_lengths.*\[1, 15\]"):
+        pretrainer(bad)
+    with pytest.raises(Exception, match=r"prefix_lengths.*\[1, 15\]"):
+        pretrainer.evaluate(bad, batch_size=4, verbose=0)
+
+
+def test_missing_input_keys(pretrainer, batch):
+    del batch["padding_mask"]
+    with pytest.raises(ValueError, match="padding_mask"):
+        pretrainer(batch)
