@@ -1,0 +1,1 @@
+"""Image-text data for AIMv2 pre-training: shards, sources, pipeline."""

@@ -1,0 +1,166 @@
+"""Command line that builds a sharded image-caption dataset.
+
+```
+python tools/build_dataset.py scenes --num-examples 10000 --seed 0 \\
+    --image-size 64 --output data/scenes/train
+python tools/build_dataset.py fashion-mnist --split test \\
+    --output data/fashion-mnist/test
+python tools/build_dataset.py folder --images DIR --captions FILE \\
+    --output data/mine/train
+python tools/build_dataset.py webdataset --tars 'shards/*.tar' \\
+    --output data/web/train
+```
+"""
+
+import argparse
+import sys
+
+from keras_aimv2.data import fashion_mnist
+from keras_aimv2.data import scenes
+from keras_aimv2.data import shards
+from keras_aimv2.data import sources
+
+
+def main(argv=None):
+    """Build a dataset as the command line `argv` asks.
+
+    Args:
+        argv: list of str or `None`. The arguments, without the program
+            name. Defaults to `None`, which reads `sys.argv`.
+
+    Returns:
+        `0` once the dataset is written. Bad arguments, missing inputs and a
+        non-empty output directory exit with status 2 and a message.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        examples, source, metadata = _SOURCES[args.command](args)
+        print(f"building {source} into {args.output}", file=sys.stderr)
+        shards.write_shards(
+            examples,
+            args.output,
+            examples_per_shard=args.examples_per_shard,
+            split=args.split,
+            source=source,
+            metadata=metadata,
+            overwrite=args.overwrite,
+        )
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"dataset written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}"
+        )
+    return value
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="build_dataset.py",
+        description="Write image-caption examples as TFRecord shards with a "
+        "manifest, skipping and counting invalid examples.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--output", required=True, help="directory of the new dataset"
+    )
+    common.add_argument(
+        "--examples-per-shard", type=_positive_int, default=1000
+    )
+    common.add_argument(
+        "--split", default="train", help="split name (default: train)"
+    )
+    common.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --output",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    scene = commands.add_parser(
+        "scenes", parents=[common], help="procedural captioned shapes"
+    )
+    scene.add_argument("--num-examples", type=_positive_int, required=True)
+    scene.add_argument("--seed", type=int, default=0)
+    scene.add_argument("--image-size", type=_positive_int, default=64)
+    fashion = commands.add_parser(
+        "fashion-mnist",
+        parents=[common],
+        help="Fashion-MNIST from Debian's dataset-fashion-mnist; --split "
+        "train or test also selects its files",
+    )
+    fashion.add_argument("--root", default=fashion_mnist.DEFAULT_ROOT)
+    fashion.add_argument("--seed", type=int, default=0)
+    fashion.add_argument("--limit", type=_positive_int, default=None)
+    fashion.add_argument("--image-size", type=_positive_int, default=28)
+    folder = commands.add_parser(
+        "folder", parents=[common], help="image directory + captions file"
+    )
+    folder.add_argument("--images", required=True, help="image directory")
+    folder.add_argument(
+        "--captions", required=True, help="captions .jsonl, .csv or .tsv"
+    )
+    web = commands.add_parser(
+        "webdataset", parents=[common], help="WebDataset tar shards"
+    )
+    web.add_argument(
+        "--tars",
+        required=True,
+        nargs="+",
+        help="tar files, glob patterns or directories",
+    )
+    return parser
+
+
+def _scenes(args):
+    examples = scenes.scenes_source(
+        args.num_examples, args.seed, args.image_size
+    )
+    metadata = {
+        "num_examples": args.num_examples,
+        "seed": args.seed,
+        "image_size": args.image_size,
+    }
+    return examples, "keras_aimv2 procedural scenes", metadata
+
+
+def _fashion_mnist(args):
+    examples = fashion_mnist.fashion_mnist_source(
+        args.split, args.root, args.seed, args.limit, args.image_size
+    )
+    metadata = {
+        "root": args.root,
+        "fashion_mnist_split": args.split,
+        "seed": args.seed,
+        "limit": args.limit,
+        "image_size": args.image_size,
+    }
+    return examples, f"Fashion-MNIST {args.split} split", metadata
+
+
+def _folder(args):
+    examples = sources.folder_source(args.images, args.captions)
+    metadata = {"images": args.images, "captions": args.captions}
+    return examples, f"image folder {args.images}", metadata
+
+
+def _webdataset(args):
+    examples = sources.webdataset_source(args.tars)
+    return examples, "WebDataset tars", {"tars": args.tars}
+
+
+_SOURCES = {
+    "scenes": _scenes,
+    "fashion-mnist": _fashion_mnist,
+    "folder": _folder,
+    "webdataset": _webdataset,
+}
