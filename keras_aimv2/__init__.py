@@ -9,15 +9,29 @@ caption. This package implements it on JAX, TensorFlow and PyTorch.
 from keras_aimv2 import layers
 from keras_aimv2.configs import BACKBONE_CONFIGS
 from keras_aimv2.configs import DECODER_CONFIGS
+from keras_aimv2.data.pipeline import measure_throughput
+from keras_aimv2.data.pipeline import pretraining_dataset
+from keras_aimv2.data.tokenizer_training import train_sentencepiece
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
+from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
+    AIMV2PretrainerPreprocessor,
+)
+from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AIMV2Backbone",
+    "AIMV2ImageConverter",
     "AIMV2Pretrainer",
+    "AIMV2PretrainerPreprocessor",
+    "AIMV2Tokenizer",
     "BACKBONE_CONFIGS",
     "DECODER_CONFIGS",
     "layers",
+    "measure_throughput",
+    "pretraining_dataset",
+    "train_sentencepiece",
 ]

@@ -11,6 +11,9 @@ from keras_aimv2.layers.heads import PixelHead
 from keras_aimv2.layers.heads import TextHead
 from keras_aimv2.layers.prefix import PrefixSampler
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
+    AIMV2PretrainerPreprocessor,
+)
 from keras_aimv2.optimization import aimv2_adamw
 
 INPUT_KEYS = ("images", "token_ids", "padding_mask")
@@ -69,6 +72,7 @@ class AIMV2Pretrainer(Task):
     """
 
     backbone_cls = AIMV2Backbone
+    preprocessor_cls = AIMV2PretrainerPreprocessor
 
     def __init__(
         self,
@@ -170,6 +174,39 @@ class AIMV2Pretrainer(Task):
             "text_logits": self.text_head(hidden[:, num_patches:]),
             "prefix_lengths": prefix_lengths,
         }
+
+    def greedy_caption_ids(self, images, max_length=None, prefix_lengths=None):
+        """Greedy-decode caption token ids from the decoder.
+
+        The encoder reads the images with the widest prefix (every patch but
+        the last seen bidirectionally) unless `prefix_lengths` is given; the
+        decoder then emits, token by token, the most likely next token.
+
+        Args:
+            images: float tensor `(batch, height, width, channels)`,
+                normalized as in training.
+            max_length: int. Tokens to emit. Defaults to `context_length`.
+            prefix_lengths: int tensor `(batch,)` or `None`.
+
+        Returns:
+            Int32 tensor `(batch, max_length)`; cut each row at the
+            tokenizer's end token.
+        """
+        max_length = max_length or self.context_length
+        patch_tokens = self.backbone.patch_embedding(images)
+        batch, num_patches = ops.shape(patch_tokens)[:2]
+        if prefix_lengths is None:
+            prefix_lengths = ops.full((batch,), num_patches - 1, "int32")
+        features = self.backbone.encoder(
+            patch_tokens, prefix_lengths=prefix_lengths
+        )
+        token_ids = ops.zeros((batch, 0), "int32")
+        for _ in range(max_length):
+            hidden = self.decoder(features, token_ids)
+            logits = self.text_head(hidden[:, -1:])
+            next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
+            token_ids = ops.concatenate([token_ids, next_ids], axis=1)
+        return token_ids
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True

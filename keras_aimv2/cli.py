@@ -1,0 +1,118 @@
+"""The `aimv2` command: pre-train, draw pictures, build data, tokenizers.
+
+    aimv2 pretrain recipes/tiny_scenes_cpu.py --set training.steps=200
+    aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
+    aimv2 build-dataset scenes --num-examples 1000 --output data/scenes
+    aimv2 train-tokenizer --captions data/scenes --vocabulary-size 512 ...
+
+`--backend` (or the `KERAS_BACKEND` variable) picks JAX, TensorFlow or
+PyTorch; it must be chosen before Keras is imported, which this module
+does only after reading the command line.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="aimv2", description="AIMv2 pre-training with Keras 3."
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        help="Keras backend (default: $KERAS_BACKEND, else jax).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="Run a recipe; rerun the same command to resume it.",
+    )
+    pretrain.add_argument("recipe", help="Recipe file or name in recipes/.")
+    pretrain.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="Override recipe entries, e.g. training.steps=100.",
+    )
+    pretrain.add_argument("--output-dir", help="Default: the recipe's.")
+
+    pictures = commands.add_parser(
+        "pictures", help="Draw the pictures of a saved pre-training preset."
+    )
+    pictures.add_argument("preset", help="A saved AIMV2Pretrainer preset.")
+    pictures.add_argument("--data", required=True, help="Shard directory.")
+    pictures.add_argument("--split", default="eval")
+    pictures.add_argument("--output", required=True, help="Output folder.")
+    pictures.add_argument("--log", help="CSV training log for the curves.")
+
+    for name, help_text in (
+        (
+            "build-dataset",
+            "Write TFRecord shards (see tools/build_dataset.py).",
+        ),
+        ("train-tokenizer", "Train a SentencePiece model on captions."),
+    ):
+        sub = commands.add_parser(name, help=help_text, add_help=False)
+        sub.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", args.backend or "jax")
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    if args.command == "build-dataset":
+        from keras_aimv2.data.build import main as build_main
+
+        return build_main(args.args)
+    if args.command == "train-tokenizer":
+        from keras_aimv2.data.tokenizer_training import main as tokenizer_main
+
+        return tokenizer_main(args.args)
+    if args.command == "pretrain":
+        from keras_aimv2.recipes import apply_overrides
+        from keras_aimv2.recipes import load_recipe
+        from keras_aimv2.training import pretrain
+
+        try:
+            recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
+        except ValueError as error:
+            print(f"aimv2 pretrain: {error}", file=sys.stderr)
+            return 2
+        pretrain(recipe, args.output_dir)
+        return 0
+    return _pictures(args)
+
+
+def _pictures(args):
+    from keras_aimv2.data.pipeline import pretraining_dataset
+    from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
+    from keras_aimv2.visualize import draw_loss_curves
+    from keras_aimv2.visualize import draw_reconstructions
+
+    pretrainer = AIMV2Pretrainer.from_preset(args.preset)
+    size = pretrainer.backbone.image_shape[:2]
+    evaluation = pretraining_dataset(
+        args.data, 8, size, training=False, split=args.split
+    )
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, "reconstructions.png")
+    batch = next(evaluation.as_numpy_iterator())
+    for generated in draw_reconstructions(pretrainer, batch, path):
+        print(generated)
+    print(f"wrote {path}")
+    if args.log:
+        curves = os.path.join(args.output, "loss_curves.png")
+        draw_loss_curves(args.log, curves)
+        print(f"wrote {curves}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""`pretrain`: run a recipe from data to a saved, pictured AIMv2 encoder.
+
+The steps, each resumable: build the recipe's data shards if it names a
+built-in source, train a SentencePiece tokenizer on the training captions
+unless one is given, build the model, train with `fit` (progress bar, CSV
+and TensorBoard logs, periodic checkpoints, automatic resumption after an
+interruption), save the backbone and the pre-training task as keras-hub
+presets, evaluate on the held-out split against the same model untrained,
+and draw the pictures.
+"""
+
+import json
+import math
+import os
+import time
+
+import keras
+
+from keras_aimv2.data.pipeline import pretraining_dataset
+from keras_aimv2.data.shards import read_manifest
+from keras_aimv2.data.shards import write_shards
+from keras_aimv2.data.tokenizer_training import iter_captions
+from keras_aimv2.data.tokenizer_training import train_sentencepiece
+from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
+from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
+    AIMV2PretrainerPreprocessor,
+)
+from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
+from keras_aimv2.optimization import aimv2_adamw
+from keras_aimv2.recipes import backbone_arguments
+
+
+def log(message):
+    print(f"[pretrain] {message}", flush=True)
+
+
+def prepare_data(data, output_dir):
+    """Shard directories `(train, eval)`, built from a built-in source.
+
+    A recipe either names directories (`train_dir`, `eval_dir`) or a
+    built-in `source` (`"scenes"` or `"fashion-mnist"`), whose shards are
+    written under `output_dir/data` once and reused afterwards.
+    """
+    if data.get("train_dir"):
+        return data["train_dir"], data.get("eval_dir")
+    splits = {
+        "train": (data["train_examples"], data["seed"]),
+        "eval": (data["eval_examples"], data["seed"] + 1),
+    }
+    directories = []
+    for split, (count, seed) in splits.items():
+        directory = os.path.join(output_dir, "data", split)
+        directories.append(directory)
+        if os.path.isfile(os.path.join(directory, "manifest.json")):
+            continue
+        log(f"building {count} {data['source']} examples in {directory}")
+        write_shards(
+            _source_examples(data, split, count, seed),
+            directory,
+            split=split,
+            source=data["source"],
+            overwrite=True,
+            metadata={"seed": seed},
+        )
+    return tuple(directories)
+
+
+def _source_examples(data, split, count, seed):
+    if data["source"] == "scenes":
+        from keras_aimv2.data.scenes import scenes_source
+
+        return scenes_source(count, seed, image_size=data["source_size"])
+    if data["source"] == "fashion-mnist":
+        from keras_aimv2.data.fashion_mnist import fashion_mnist_source
+
+        source_split = "train" if split == "train" else "test"
+        return fashion_mnist_source(source_split, seed=seed, limit=count)
+    raise ValueError(
+        "`data.source` must be 'scenes' or 'fashion-mnist', or give "
+        f"`data.train_dir`. Received: source={data['source']!r}"
+    )
+
+
+def prepare_tokenizer(settings, train_dir, output_dir):
+    """Path of the SentencePiece model: given, or trained on the captions."""
+    if settings.get("model"):
+        return settings["model"]
+    path = os.path.join(output_dir, "tokenizer.model")
+    if not os.path.isfile(path):
+        log(f"training a {settings['vocabulary_size']}-token tokenizer")
+        train_sentencepiece(
+            iter_captions(train_dir, split="train"),
+            path,
+            vocabulary_size=settings["vocabulary_size"],
+        )
+    return path
+
+
+def build_pretrainer(recipe, tokenizer_path):
+    """The backbone, preprocessor and pre-training task of a recipe."""
+    keras.utils.set_random_seed(recipe["training"]["seed"])
+    tokenizer = AIMV2Tokenizer(proto=tokenizer_path)
+    backbone = AIMV2Backbone(**backbone_arguments(recipe["backbone"]))
+    height, width, _ = backbone.image_shape
+    preprocessor = AIMV2PretrainerPreprocessor(
+        tokenizer=tokenizer,
+        image_converter=AIMV2ImageConverter(image_size=(height, width)),
+        context_length=recipe["decoder"]["context_length"],
+    )
+    return AIMV2Pretrainer(
+        backbone,
+        **{**recipe["decoder"], "vocabulary_size": tokenizer.vocabulary_size()},
+        pixel_loss_weight=recipe["training"]["pixel_loss_weight"],
+        seed=recipe["training"]["seed"],
+        preprocessor=preprocessor,
+    )
+
+
+def learning_rate_schedule(training):
+    """Linear warm-up from 1e-6 to the peak, then cosine to the final rate."""
+    peak = training["peak_learning_rate"]
+    warmup = min(training["warmup_steps"], training["steps"] - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=1e-6,
+        warmup_target=peak,
+        warmup_steps=warmup,
+        decay_steps=max(training["steps"] - warmup, 1),
+        alpha=training["final_learning_rate"] / peak,
+    )
+
+
+def _datasets(recipe, train_dir, eval_dir):
+    data, training = recipe["data"], recipe["training"]
+    size = backbone_arguments(recipe["backbone"])["image_shape"][:2]
+    augmentation = {
+        "crop_scale": tuple(data["crop_scale"]),
+        "flip_probability": data["flip_probability"],
+    }
+    train = pretraining_dataset(
+        train_dir,
+        training["batch_size"],
+        size,
+        seed=training["seed"],
+        split=read_manifest(train_dir)["split"],
+        **augmentation,
+    )
+    evaluation = None
+    if eval_dir:
+        evaluation = pretraining_dataset(
+            eval_dir,
+            training["eval_batch_size"],
+            size,
+            training=False,
+            split=read_manifest(eval_dir)["split"],
+        )
+    return train, evaluation
+
+
+def pretrain(recipe, output_dir=None):
+    """Run a recipe end to end; returns the summary written to metrics.json.
+
+    Args:
+        recipe: dict. A recipe (see `keras_aimv2.recipes`).
+        output_dir: str or `None`. Where everything is written; defaults to
+            the recipe's `output_dir`. Running again in the same directory
+            resumes an interrupted run from its last saved epoch.
+    """
+    started = time.time()
+    output_dir = output_dir or recipe["output_dir"]
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "recipe.json"), "w") as file:
+        json.dump(recipe, file, indent=2, default=str)
+    training = recipe["training"]
+    log(
+        f"recipe {recipe['name']!r} on {keras.config.backend()} -> {output_dir}"
+    )
+
+    train_dir, eval_dir = prepare_data(recipe["data"], output_dir)
+    tokenizer_path = prepare_tokenizer(
+        recipe["tokenizer"], train_dir, output_dir
+    )
+    pretrainer = build_pretrainer(recipe, tokenizer_path)
+    pretrainer.compile(
+        optimizer=aimv2_adamw(
+            learning_rate=learning_rate_schedule(training),
+            peak_learning_rate=training["peak_learning_rate"],
+            weight_decay=training["weight_decay"],
+            clipnorm=training["clipnorm"],
+        )
+    )
+    log(
+        f"encoder {pretrainer.backbone.count_params():,} parameters, "
+        f"pre-training model {pretrainer.count_params():,}"
+    )
+    train, evaluation = _datasets(recipe, train_dir, eval_dir)
+    held_out = {}
+    if evaluation is not None:
+        # Before `fit` restores a backup: the recipe's initial weights.
+        held_out["untrained"] = _evaluate(pretrainer, evaluation)
+    epochs = math.ceil(training["steps"] / training["steps_per_epoch"])
+    backup_dir = os.path.join(output_dir, "backup")
+    if os.path.isdir(backup_dir) and os.listdir(backup_dir):
+        log(f"resuming from the last saved epoch in {backup_dir}")
+    logs_dir = os.path.join(output_dir, "logs")
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    os.makedirs(logs_dir, exist_ok=True)
+    os.makedirs(checkpoints, exist_ok=True)
+    pretrainer.fit(
+        train,
+        epochs=epochs,
+        steps_per_epoch=training["steps_per_epoch"],
+        validation_data=evaluation,
+        verbose=training["verbose"],
+        callbacks=[
+            keras.callbacks.BackupAndRestore(
+                backup_dir, delete_checkpoint=False
+            ),
+            keras.callbacks.CSVLogger(
+                os.path.join(logs_dir, "training.csv"), append=True
+            ),
+            keras.callbacks.TensorBoard(os.path.join(logs_dir, "tensorboard")),
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(checkpoints, "latest.weights.h5"),
+                save_weights_only=True,
+            ),
+        ],
+    )
+    preset_dir = os.path.join(output_dir, "preset")
+    pretrainer.backbone.save_to_preset(os.path.join(preset_dir, "backbone"))
+    pretrainer.save_to_preset(os.path.join(preset_dir, "pretrainer"))
+    log(f"saved presets in {preset_dir}")
+
+    summary = {
+        "recipe": recipe["name"],
+        "backend": keras.config.backend(),
+        "steps": int(
+            keras.ops.convert_to_numpy(pretrainer.optimizer.iterations)
+        ),
+        "presets": preset_dir,
+    }
+    if evaluation is not None:
+        held_out["trained"] = _evaluate(pretrainer, evaluation)
+        summary["held_out"] = held_out
+        from keras_aimv2.visualize import draw_pictures
+
+        summary["pictures"] = draw_pictures(
+            pretrainer,
+            evaluation,
+            os.path.join(logs_dir, "training.csv"),
+            os.path.join(output_dir, "pictures"),
+        )
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
+        json.dump(summary, file, indent=2)
+    log(json.dumps(summary, indent=2))
+    return summary
+
+
+def _evaluate(pretrainer, evaluation):
+    values = pretrainer.evaluate(evaluation, verbose=0, return_dict=True)
+    return {key: round(float(value), 4) for key, value in values.items()}

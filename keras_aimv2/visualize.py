@@ -1,0 +1,196 @@
+"""Pictures of what a pre-trained AIMv2 model learned.
+
+`reconstructions.png`: held-out images, the pixel head's next-patch
+predictions beside the truth, and the decoder's greedy captions beside the
+real ones. `loss_curves.png`: the training and validation losses from the
+CSV log.
+"""
+
+import csv
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_aimv2.patches import patchify  # noqa: E402
+from keras_aimv2.patches import unpatchify  # noqa: E402
+
+
+def next_patch_reconstructions(pretrainer, images, token_ids, prefix_length):
+    """Images rebuilt from next-patch predictions, in the input's units.
+
+    The first `prefix_length` patches are the truth (the visible prefix);
+    every later patch is the pixel head's prediction from the patches before
+    it. Predictions are per-patch normalized, so each is given back the mean
+    and spread of the true patch, as MAE does for its pictures.
+
+    Args:
+        pretrainer: `AIMV2Pretrainer`.
+        images: float array `(batch, height, width, channels)`, normalized.
+        token_ids: int array `(batch, T)`; the text does not affect pixels.
+        prefix_length: int. Visible patches, in `[1, num_patches - 1]`.
+
+    Returns:
+        Float NumPy array shaped like `images`.
+    """
+    backbone = pretrainer.backbone
+    patch_size, channels = backbone.patch_size, backbone.num_channels
+    batch, height, width, _ = images.shape
+    outputs = pretrainer(
+        {
+            "images": images,
+            "token_ids": token_ids,
+            "padding_mask": np.ones_like(token_ids, bool),
+            "prefix_lengths": np.full((batch,), prefix_length, "int32"),
+        }
+    )
+    truth = ops.convert_to_numpy(patchify(images, patch_size))
+    predicted = ops.convert_to_numpy(outputs["pixel_predictions"])
+    mean = truth.mean(-1, keepdims=True)
+    spread = np.sqrt(truth.var(-1, ddof=1, keepdims=True) + 1e-6)
+    rebuilt = truth.copy()
+    rebuilt[:, prefix_length:] = (
+        predicted[:, prefix_length - 1 :] * spread[:, prefix_length:]
+        + mean[:, prefix_length:]
+    )
+    grid = (height // patch_size, width // patch_size)
+    return ops.convert_to_numpy(unpatchify(rebuilt, grid, patch_size, channels))
+
+
+def greedy_captions(pretrainer, images):
+    """The decoder's greedy captions for normalized `images`, as strings."""
+    tokenizer = pretrainer.preprocessor.tokenizer
+    ids = ops.convert_to_numpy(pretrainer.greedy_caption_ids(images))
+    captions = []
+    for row in ids.tolist():
+        if tokenizer.end_token_id in row:
+            row = row[: row.index(tokenizer.end_token_id)]
+        text = tokenizer.detokenize([row])
+        captions.append(_to_text(text))
+    return captions
+
+
+def _to_text(value):
+    value = ops.convert_to_numpy(value) if not isinstance(value, str) else value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        value = np.asarray(value).reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def draw_reconstructions(pretrainer, batch, path, num_images=6):
+    """Draw `reconstructions.png` for one batch of the evaluation data.
+
+    Args:
+        pretrainer: `AIMV2Pretrainer` with its preprocessor.
+        batch: dict with `"images"` in `[0, 255]` and `"captions"`.
+        path: str. The PNG to write.
+        num_images: int. Rows of the figure. Defaults to `6`.
+
+    Returns:
+        The generated captions.
+    """
+    raw = np.asarray(batch["images"])[:num_images]
+    captions = [_to_text(c) for c in np.asarray(batch["captions"])[:num_images]]
+    inputs = pretrainer.preprocessor({"images": raw, "captions": captions})
+    images = ops.convert_to_numpy(inputs["images"])
+    token_ids = ops.convert_to_numpy(inputs["token_ids"])
+    num_patches = (images.shape[1] // pretrainer.backbone.patch_size) * (
+        images.shape[2] // pretrainer.backbone.patch_size
+    )
+    prefix = max(1, num_patches // 4)
+    rebuilt = next_patch_reconstructions(pretrainer, images, token_ids, prefix)
+    generated = greedy_captions(pretrainer, images)
+    # Map normalized values back to [0, 1] with the converter's own affine.
+    scale, offset = _converter_affine(pretrainer)
+    rebuilt = np.clip((rebuilt - offset) / scale / 255.0, 0.0, 1.0)
+    figure, axes = plt.subplots(
+        len(raw), 3, figsize=(9, 2.6 * len(raw)), squeeze=False
+    )
+    for row in range(len(raw)):
+        axes[row, 0].imshow(raw[row].astype("uint8"))
+        axes[row, 1].imshow(rebuilt[row])
+        axes[row, 2].axis("off")
+        axes[row, 2].text(
+            0.0,
+            0.7,
+            f"truth: {captions[row]}",
+            fontsize=8,
+            wrap=True,
+            va="top",
+        )
+        axes[row, 2].text(
+            0.0,
+            0.35,
+            f"model: {generated[row]}",
+            fontsize=8,
+            wrap=True,
+            va="top",
+            color="tab:blue",
+        )
+        for column in range(2):
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+    axes[0, 0].set_title("held-out image")
+    axes[0, 1].set_title(f"next-patch predictions\n(first {prefix} visible)")
+    axes[0, 2].set_title("captions")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return generated
+
+
+def _converter_affine(pretrainer):
+    converter = pretrainer.preprocessor.image_converter
+    scale = np.asarray(converter.scale, "float32").reshape(1, 1, 1, -1)
+    offset = np.asarray(converter.offset, "float32").reshape(1, 1, 1, -1)
+    return scale, offset
+
+
+def draw_loss_curves(csv_path, path):
+    """Draw `loss_curves.png` from a Keras `CSVLogger` file."""
+    with open(csv_path) as file:
+        rows = list(csv.DictReader(file))
+    if not rows:
+        raise ValueError(f"The training log {csv_path!r} has no rows.")
+    epochs = np.arange(1, len(rows) + 1)
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for axis, name in zip(
+        axes, ("loss", "pixel_loss", "text_loss"), strict=True
+    ):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            key = prefix + name
+            if key in rows[0]:
+                values = [float(row[key]) for row in rows]
+                label = "held-out" if prefix else "training"
+                axis.plot(epochs, values, style, label=label)
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.set_yscale("log")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def draw_pictures(pretrainer, evaluation, csv_path, output_dir):
+    """Both pictures; returns their paths and the generated captions."""
+    os.makedirs(output_dir, exist_ok=True)
+    batch = next(evaluation.as_numpy_iterator())
+    reconstructions = os.path.join(output_dir, "reconstructions.png")
+    generated = draw_reconstructions(pretrainer, batch, reconstructions)
+    curves = os.path.join(output_dir, "loss_curves.png")
+    draw_loss_curves(csv_path, curves)
+    return {
+        "reconstructions": reconstructions,
+        "loss_curves": curves,
+        "captions": [
+            {"truth": _to_text(t), "model": g}
+            for t, g in zip(
+                batch["captions"][: len(generated)], generated, strict=True
+            )
+        ],
+    }

@@ -1,0 +1,219 @@
+"""Image converter and pre-training preprocessor: values, graph mode, saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from _data_helpers import VOCABULARY_SIZE
+from _data_helpers import make_captions
+from _data_helpers import train_tiny_tokenizer
+from conftest import TINY_BACKBONE
+from conftest import TINY_DECODER
+from conftest import to_numpy
+
+import keras_aimv2
+from keras_aimv2.models.aimv2_image_converter import IMAGENET_MEAN
+from keras_aimv2.models.aimv2_image_converter import IMAGENET_STD
+from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_image_converter import normalization_scale_offset
+from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
+    AIMV2PretrainerPreprocessor,
+)
+from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
+
+CONTEXT = 8
+SIZE = TINY_BACKBONE["image_shape"][:2]
+
+
+@pytest.fixture(scope="module")
+def proto_path(tmp_path_factory):
+    return train_tiny_tokenizer(str(tmp_path_factory.mktemp("tokenizer")))
+
+
+def _preprocessor(proto, **kwargs):
+    return AIMV2PretrainerPreprocessor(
+        tokenizer=AIMV2Tokenizer(proto=proto, **kwargs),
+        image_converter=AIMV2ImageConverter(image_size=SIZE),
+        context_length=CONTEXT,
+    )
+
+
+def _inputs(batch_size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    captions = make_captions(batch_size, seed=seed)
+    # One caption long enough to be truncated, one very short.
+    captions[0] = " ".join([captions[0]] * 4)
+    captions[1] = "Ab"
+    images = rng.uniform(0, 255, size=(batch_size, *SIZE, 3))
+    return {"images": images.astype("float32"), "captions": captions}
+
+
+def test_converter_normalizes_with_imagenet_statistics():
+    converter = AIMV2ImageConverter(image_size=(4, 6))
+    assert converter.image_size == (4, 6)
+    assert AIMV2ImageConverter().image_size == (224, 224)
+    mean = np.array(IMAGENET_MEAN, "float32") * 255
+    std = np.array(IMAGENET_STD, "float32") * 255
+    images = np.broadcast_to(mean, (2, 4, 6, 3)).copy()
+    images[1] = mean + std  # One standard deviation above the mean.
+    out = to_numpy(converter(images))
+    assert out.shape == (2, 4, 6, 3)
+    np.testing.assert_allclose(out[0], 0.0, atol=1e-4)
+    np.testing.assert_allclose(out[1], 1.0, atol=1e-4)
+
+
+def test_converter_resizes_and_takes_other_statistics():
+    scale, offset = normalization_scale_offset((0.5, 0.5, 0.5), (0.5,) * 3)
+    converter = AIMV2ImageConverter(
+        image_size=(8, 8), scale=scale, offset=offset
+    )
+    out = to_numpy(converter(np.full((1, 16, 20, 3), 255.0)))
+    assert out.shape == (1, 8, 8, 3)
+    np.testing.assert_allclose(out, 1.0, atol=1e-4)
+    restored = AIMV2ImageConverter.from_config(converter.get_config())
+    assert restored.image_size == (8, 8)
+    assert restored.interpolation == "bicubic"
+    np.testing.assert_allclose(restored.scale, scale)
+    with pytest.raises(ValueError, match="image_size=\\(0, 8\\)"):
+        AIMV2ImageConverter(image_size=(0, 8))
+    with pytest.raises(ValueError, match="std=\\[0.5, 0.0, 0.5\\]"):
+        normalization_scale_offset((0.5,) * 3, (0.5, 0.0, 0.5))
+
+
+def test_outputs_follow_the_model_contract(proto_path):
+    preprocessor = _preprocessor(proto_path)
+    inputs = _inputs()
+    x = preprocessor(inputs)
+    assert sorted(x) == ["images", "padding_mask", "token_ids"]
+    assert tuple(x["images"].shape) == (4, *SIZE, 3)
+    assert keras.backend.standardize_dtype(x["images"].dtype) == "float32"
+    assert keras.backend.standardize_dtype(x["token_ids"].dtype) == "int32"
+    assert keras.backend.standardize_dtype(x["padding_mask"].dtype) == "bool"
+    token_ids, mask = to_numpy(x["token_ids"]), to_numpy(x["padding_mask"])
+    assert token_ids.shape == mask.shape == (4, CONTEXT)
+    tokenizer = preprocessor.tokenizer
+    for row, caption in enumerate(inputs["captions"]):
+        ids = tokenizer(caption).tolist()[: CONTEXT - 1]
+        length = len(ids) + 1  # The end token is real.
+        assert token_ids[row, :length].tolist() == ids + [1]
+        assert token_ids[row, length:].tolist() == [0] * (CONTEXT - length)
+        assert mask[row].tolist() == [i < length for i in range(CONTEXT)]
+    # Truncated captions keep the end token last; none starts with it.
+    assert token_ids[0, -1] == 1 and mask[0].all()
+    assert (token_ids[:, 0] != 1).all()
+    expected = (inputs["images"] / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(to_numpy(x["images"]), expected, atol=1e-3)
+
+
+def test_lowercases_captions(proto_path):
+    preprocessor = _preprocessor(proto_path)
+    inputs = _inputs()
+    upper = {**inputs, "captions": [c.upper() for c in inputs["captions"]]}
+    np.testing.assert_array_equal(
+        to_numpy(preprocessor(inputs)["token_ids"]),
+        to_numpy(preprocessor(upper)["token_ids"]),
+    )
+
+
+def test_graph_mode_matches_eager(proto_path):
+    preprocessor = _preprocessor(proto_path)
+    inputs = _inputs()
+    eager = preprocessor(inputs)
+    dataset = tf.data.Dataset.from_tensor_slices(inputs).batch(4)
+    graph = next(iter(dataset.map(preprocessor)))
+    for key in ("token_ids", "padding_mask"):
+        np.testing.assert_array_equal(graph[key].numpy(), to_numpy(eager[key]))
+    np.testing.assert_allclose(
+        graph["images"].numpy(), to_numpy(eager["images"]), atol=1e-5
+    )
+
+
+def test_siglip_style_padding(proto_path):
+    # With pad == end (SigLIP as AIMv2 uses it) only the mask tells them
+    # apart.
+    x = _preprocessor(proto_path, pad_token="</s>")(_inputs())
+    token_ids, mask = to_numpy(x["token_ids"]), to_numpy(x["padding_mask"])
+    assert (token_ids[~mask] == 1).all()
+    assert mask[1].sum() < CONTEXT and token_ids[1, mask[1].sum() - 1] == 1
+
+
+def test_context_length_can_change(proto_path):
+    preprocessor = _preprocessor(proto_path)
+    preprocessor(_inputs())
+    preprocessor.context_length = 5
+    x = preprocessor(_inputs())
+    assert tuple(x["token_ids"].shape) == (4, 5)
+    assert to_numpy(x["token_ids"])[0, -1] == 1
+
+
+def test_unbatched_labels_and_prefix_lengths(proto_path):
+    preprocessor = _preprocessor(proto_path)
+    single = preprocessor(
+        {"images": np.zeros((*SIZE, 3), "float32"), "captions": "Ab cd"}
+    )
+    assert tuple(single["images"].shape) == (*SIZE, 3)
+    assert tuple(single["token_ids"].shape) == (CONTEXT,)
+    inputs = {**_inputs(), "prefix_lengths": np.array([1, 2, 3, 4])}
+    x, y = preprocessor(inputs, y=np.arange(4))
+    np.testing.assert_array_equal(to_numpy(x["prefix_lengths"]), [1, 2, 3, 4])
+    np.testing.assert_array_equal(to_numpy(y), np.arange(4))
+
+
+def test_bad_arguments(proto_path):
+    tokenizer = AIMV2Tokenizer(proto=proto_path)
+    with pytest.raises(ValueError, match="context_length=1"):
+        AIMV2PretrainerPreprocessor(tokenizer, context_length=1)
+    with pytest.raises(ValueError, match="sequence_length=5"):
+        AIMV2PretrainerPreprocessor(
+            AIMV2Tokenizer(proto=proto_path, sequence_length=5)
+        )
+    with pytest.raises(ValueError, match="add_eos=True"):
+        AIMV2PretrainerPreprocessor(
+            AIMV2Tokenizer(proto=proto_path, add_eos=True)
+        )
+    preprocessor = AIMV2PretrainerPreprocessor(tokenizer)
+    with pytest.raises(ValueError, match="context_length=0"):
+        preprocessor.context_length = 0
+    with pytest.raises(ValueError, match="Received: \\['images'\\]"):
+        preprocessor({"images": np.zeros((1, *SIZE, 3))})
+
+
+def test_config_round_trip(proto_path):
+    preprocessor = _preprocessor(proto_path, pad_token="</s>")
+    config = preprocessor.get_config()
+    restored = AIMV2PretrainerPreprocessor.from_config(config)
+    assert restored.context_length == CONTEXT
+    assert restored.image_converter.image_size == SIZE
+    # The proto travels as an asset, not in the config.
+    restored.tokenizer.set_proto(proto_path)
+    assert restored.tokenizer.pad_token_id == 1
+    inputs = _inputs()
+    np.testing.assert_array_equal(
+        to_numpy(restored(inputs)["token_ids"]),
+        to_numpy(preprocessor(inputs)["token_ids"]),
+    )
+
+
+def test_saved_and_loaded_with_the_pretrainer(tmp_path, proto_path):
+    preprocessor = _preprocessor(proto_path)
+    backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
+    decoder = {**TINY_DECODER, "vocabulary_size": VOCABULARY_SIZE}
+    pretrainer = keras_aimv2.AIMV2Pretrainer(
+        backbone, preprocessor=preprocessor, **decoder
+    )
+    preset = str(tmp_path / "preset")
+    pretrainer.save_to_preset(preset)
+    loaded = keras_aimv2.AIMV2Pretrainer.from_preset(preset)
+    assert isinstance(loaded.preprocessor, AIMV2PretrainerPreprocessor)
+    assert isinstance(loaded.preprocessor.tokenizer, AIMV2Tokenizer)
+    assert isinstance(loaded.preprocessor.image_converter, AIMV2ImageConverter)
+    inputs = _inputs()
+    expected, actual = preprocessor(inputs), loaded.preprocessor(inputs)
+    for key in ("images", "token_ids", "padding_mask"):
+        np.testing.assert_array_equal(
+            to_numpy(actual[key]), to_numpy(expected[key])
+        )
+    alone = AIMV2PretrainerPreprocessor.from_preset(preset)
+    np.testing.assert_array_equal(
+        to_numpy(alone(inputs)["token_ids"]), to_numpy(expected["token_ids"])
+    )
