@@ -1,0 +1,123 @@
+"""The `aimv2` command end to end, and resumption after a kill."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+from PIL import Image
+
+import keras_aimv2
+from keras_aimv2.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes/tiny_scenes_cpu.py")
+SMALL = [
+    "backbone.image_shape=(32, 32, 3)",
+    "backbone.hidden_dim=32",
+    "backbone.num_layers=1",
+    "backbone.intermediate_dim=64",
+    "decoder.decoder_hidden_dim=32",
+    "decoder.decoder_num_layers=1",
+    "decoder.decoder_intermediate_dim=64",
+    "decoder.context_length=12",
+    "data.source_size=32",
+    "data.eval_examples=16",
+    "tokenizer.vocabulary_size=40",
+    "training.batch_size=8",
+    "training.eval_batch_size=8",
+    "training.warmup_steps=2",
+    "training.verbose=0",
+]
+
+
+def _epochs(output_dir):
+    with open(os.path.join(output_dir, "logs", "training.csv")) as file:
+        return [int(row["epoch"]) for row in csv.DictReader(file)]
+
+
+def test_pretrain_writes_checkpoints_logs_presets_and_pictures(tmp_path):
+    output = str(tmp_path / "run")
+    overrides = SMALL + [
+        "data.train_examples=48",
+        "training.steps=4",
+        "training.steps_per_epoch=2",
+    ]
+    assert (
+        main(["pretrain", RECIPE, "--output-dir", output, "--set"] + overrides)
+        == 0
+    )
+    assert os.path.isfile(
+        os.path.join(output, "checkpoints", "latest.weights.h5")
+    )
+    assert _epochs(output) == [0, 1]
+    assert os.listdir(os.path.join(output, "logs", "tensorboard"))
+    metrics = json.load(open(os.path.join(output, "metrics.json")))
+    assert metrics["steps"] == 4
+    assert set(metrics["held_out"]) == {"trained", "untrained"}
+    for name in ("reconstructions.png", "loss_curves.png"):
+        with Image.open(os.path.join(output, "pictures", name)) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    backbone = keras_aimv2.AIMV2Backbone.from_preset(
+        os.path.join(output, "preset", "backbone")
+    )
+    pretrainer = keras_aimv2.AIMV2Pretrainer.from_preset(
+        os.path.join(output, "preset", "pretrainer")
+    )
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+    inputs = pretrainer.preprocessor(
+        {"images": images, "captions": ["a red circle", "two blue squares"]}
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(backbone(inputs["images"])),
+        keras.ops.convert_to_numpy(pretrainer.backbone(inputs["images"])),
+        atol=1e-6,
+    )
+    assert len(metrics["pictures"]["captions"]) == 6
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path):
+    output = str(tmp_path / "run")
+    command = [
+        sys.executable,
+        "-m",
+        "keras_aimv2.cli",
+        "pretrain",
+        RECIPE,
+        "--output-dir",
+        output,
+        "--set",
+        *SMALL,
+        "data.train_examples=64",
+        "training.steps=60",
+        "training.steps_per_epoch=2",
+    ]
+    env = {**os.environ, "KERAS_BACKEND": keras.config.backend()}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    log = os.path.join(output, "logs", "training.csv")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.isfile(log) and len(_epochs(output)) >= 2:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = _epochs(output)
+    assert 2 <= len(done_before) < 30, "the run was not killed mid-way"
+    assert not os.path.isfile(os.path.join(output, "metrics.json"))
+
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    # Every epoch appears once: the second run went on where the first
+    # stopped (the interrupted epoch restarts), with the optimizer's step.
+    assert _epochs(output) == list(range(30))
+    assert json.load(open(os.path.join(output, "metrics.json")))["steps"] == 60
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["pretrain", RECIPE, "--set", "training.stepz=3"]) == 2
+    assert "Unknown recipe key 'training.stepz'" in capsys.readouterr().err
