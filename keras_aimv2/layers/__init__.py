@@ -1,6 +1,7 @@
 """Building blocks of AIMv2, usable on their own."""
 
 from keras_aimv2.layers.attention import SelfAttention
+from keras_aimv2.layers.attention_pool import AttentionPool
 from keras_aimv2.layers.decoder import MultimodalCausalDecoder
 from keras_aimv2.layers.encoder import PrefixViTEncoder
 from keras_aimv2.layers.feed_forward import SwiGLUFeedForward
@@ -13,6 +14,7 @@ from keras_aimv2.layers.prefix import prefix_attention_mask
 from keras_aimv2.layers.transformer import TransformerBlock
 
 __all__ = [
+    "AttentionPool",
     "MultimodalCausalDecoder",
     "PatchEmbedding",
     "PixelHead",
