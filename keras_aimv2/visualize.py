@@ -114,23 +114,14 @@ def draw_reconstructions(pretrainer, batch, path, num_images=6):
         axes[row, 0].imshow(raw[row].astype("uint8"))
         axes[row, 1].imshow(rebuilt[row])
         axes[row, 2].axis("off")
-        axes[row, 2].text(
-            0.0,
-            0.7,
-            f"truth: {captions[row]}",
-            fontsize=8,
-            wrap=True,
-            va="top",
+        lines = (
+            (0.7, f"truth: {captions[row]}", "black"),
+            (0.35, f"model: {generated[row]}", "tab:blue"),
         )
-        axes[row, 2].text(
-            0.0,
-            0.35,
-            f"model: {generated[row]}",
-            fontsize=8,
-            wrap=True,
-            va="top",
-            color="tab:blue",
-        )
+        for height, text, color in lines:
+            axes[row, 2].text(
+                0.0, height, text, fontsize=8, wrap=True, va="top", color=color
+            )
         for column in range(2):
             axes[row, column].set_xticks([])
             axes[row, column].set_yticks([])

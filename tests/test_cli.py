@@ -79,6 +79,12 @@ def test_pretrain_writes_checkpoints_logs_presets_and_pictures(tmp_path):
         atol=1e-6,
     )
     assert len(metrics["pictures"]["captions"]) == 6
+    pictures = str(tmp_path / "pictures")
+    arguments = ["pictures", os.path.join(output, "preset", "pretrainer")]
+    arguments += ["--data", os.path.join(output, "data", "eval")]
+    assert main(arguments + ["--output", pictures]) == 0
+    with Image.open(os.path.join(pictures, "reconstructions.png")) as image:
+        assert image.format == "PNG"
 
 
 def test_killed_run_resumes_from_its_last_epoch(tmp_path):

@@ -91,9 +91,8 @@ def test_prefix_attention_mask_matches_definition():
                 assert mask[b, 0, i, j] == (j <= i or j < m)
 
 
-@pytest.mark.parametrize("position", [0, 3, 7])
-def test_decoder_is_causal_over_text(position):
-    decoder = MultimodalCausalDecoder(
+def _decoder():
+    return MultimodalCausalDecoder(
         hidden_dim=32,
         num_layers=2,
         num_heads=2,
@@ -101,6 +100,11 @@ def test_decoder_is_causal_over_text(position):
         vocabulary_size=50,
         context_length=8,
     )
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_decoder_is_causal_over_text(position):
+    decoder = _decoder()
     rng = np.random.default_rng(0)
     features = rng.normal(size=(2, 6, 16)).astype("float32")
     token_ids = rng.integers(0, 50, size=(2, 8)).astype("int32")
@@ -113,14 +117,7 @@ def test_decoder_is_causal_over_text(position):
 
 
 def test_decoder_text_sees_every_image_patch():
-    decoder = MultimodalCausalDecoder(
-        hidden_dim=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=64,
-        vocabulary_size=50,
-        context_length=8,
-    )
+    decoder = _decoder()
     rng = np.random.default_rng(0)
     features = rng.normal(size=(1, 6, 16)).astype("float32")
     token_ids = rng.integers(0, 50, size=(1, 8)).astype("int32")
