@@ -42,11 +42,20 @@ def test_pretrainer_config_round_trip(pretrainer):
 
 
 def test_keras_file_round_trip(pretrainer, tmp_path):
+    pretrainer.fit(make_batch(), batch_size=2, epochs=1, verbose=0)
     path = str(tmp_path / "pretrainer.keras")
     pretrainer.save(path)
     restored = keras.saving.load_model(path)
     assert isinstance(restored, keras_aimv2.AIMV2Pretrainer)
     _assert_same_outputs(pretrainer, restored, _fixed_inputs())
+    # The optimizer comes back too, so training can go on from the file.
+    assert int(to_numpy(restored.optimizer.iterations)) == 2
+    for saved, loaded in zip(
+        pretrainer.optimizer.variables,
+        restored.optimizer.variables,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(to_numpy(saved), to_numpy(loaded))
 
 
 def test_sincos_backbone_keras_file_round_trip(tmp_path):

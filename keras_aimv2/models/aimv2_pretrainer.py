@@ -148,6 +148,11 @@ class AIMV2Pretrainer(Task):
             optimizer = aimv2_adamw()
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """Recompile from a saved `.keras` file, optimizer state included."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
     def call(self, inputs, training=None):
         missing = [key for key in INPUT_KEYS if key not in inputs]
         if missing:
