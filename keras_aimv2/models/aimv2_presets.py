@@ -1,0 +1,288 @@
+"""Apple's released AIMv2 checkpoints, named as keras-hub presets.
+
+No weights are shipped with this package. A preset becomes loadable once
+Apple's safetensors checkpoint has been converted into a local keras-hub
+preset directory, `$KERAS_AIMV2_PRESETS/<name>` (by default
+`~/.keras_aimv2/presets/<name>`):
+
+```
+python tools/convert_checkpoint.py /path/to/aimv2-large-patch14-224 \
+    ~/.keras_aimv2/presets/aimv2_large_patch14_224 \
+    --preset-name aimv2_large_patch14_224
+```
+
+after which `AIMV2Backbone.from_preset("aimv2_large_patch14_224")` and
+`AIMV2ImageConverter.from_preset("aimv2_large_patch14_224")` load it.
+
+The parameter counts are those of the backbone without any head, computed
+from the configuration; the ImageNet-1k top-1 accuracies are the frozen-trunk
+attentive-probe results reported in "Multimodal Autoregressive Pre-training
+of Large Vision Encoders" (Fini et al., CVPR 2025, arXiv:2411.14402), `None`
+where the paper reports none.
+"""
+
+import os
+
+from keras_aimv2.configs import swiglu_hidden_dim
+
+PRESETS_ENV_VARIABLE = "KERAS_AIMV2_PRESETS"
+DEFAULT_PRESETS_DIR = os.path.join("~", ".keras_aimv2", "presets")
+CONVERSION_SCRIPT = "tools/convert_checkpoint.py"
+
+# width, heads of every released size (24 blocks, patch 14, head width 128).
+_SIZES = {
+    "large": (1024, 8),
+    "huge": (1536, 12),
+    "1B": (2048, 16),
+    "3B": (3072, 24),
+}
+# Reported ImageNet-1k top-1 (frozen trunk) at 224 / 336 / 448 pixels.
+_TOP1 = {
+    "large": {224: 86.6, 336: 87.6, 448: 87.9},
+    "huge": {224: 87.5, 336: 88.2, 448: 88.6},
+    "1B": {224: 88.1, 336: 88.7, 448: 89.0},
+    "3B": {224: 88.5, 336: 89.2, 448: 89.5},
+}
+_SIZE_NAMES = {
+    "large": "AIMv2-L",
+    "huge": "AIMv2-H",
+    "1B": "AIMv2-1B",
+    "3B": "AIMv2-3B",
+}
+
+
+def backbone_parameter_count(
+    hidden_dim,
+    num_layers,
+    intermediate_dim,
+    patch_size=14,
+    num_patches=None,
+    num_channels=3,
+):
+    """Parameter count of an `AIMV2Backbone` of the given configuration.
+
+    Args:
+        hidden_dim: int. Width of the tokens.
+        num_layers: int. Number of transformer blocks.
+        intermediate_dim: int. SwiGLU hidden width.
+        patch_size: int. Side of a square patch. Defaults to `14`.
+        num_patches: int or `None`. Entries of the learned position
+            embedding; `None` for the sine-cosine (native) model, which has
+            none. Defaults to `None`.
+        num_channels: int. Image channels. Defaults to `3`.
+
+    Returns:
+        The number of parameters, an int.
+
+    Example:
+
+    >>> backbone_parameter_count(1024, 24, 2816, num_patches=256)
+    309197824
+    """
+    patch_embedding = (
+        patch_size * patch_size * num_channels * hidden_dim  # projection
+        + hidden_dim  # projection bias
+        + hidden_dim  # RMSNorm
+        + (num_patches or 0) * hidden_dim  # learned positions
+    )
+    block = (
+        4 * hidden_dim * hidden_dim  # qkv and output projections
+        + 3 * hidden_dim * intermediate_dim  # gate, up and down
+        + 2 * hidden_dim  # two RMSNorms
+    )
+    return patch_embedding + num_layers * block + hidden_dim
+
+
+def _preset(size, resolution, suffix=""):
+    width, heads = _SIZES[size]
+    native = resolution is None
+    config = {
+        "image_shape": (None, None, 3) if native else (resolution,) * 2 + (3,),
+        "patch_size": 14,
+        "hidden_dim": width,
+        "num_layers": 24,
+        "num_heads": heads,
+        "intermediate_dim": swiglu_hidden_dim(width),
+        "position_embedding": "sincos" if native else "learned",
+        "layer_norm_epsilon": 1e-5,
+    }
+    num_patches = None if native else (resolution // 14) ** 2
+    hf_id = f"aimv2-{size}-patch14-{'native' if native else resolution}"
+    hf_id += f"-{suffix}" if suffix else ""
+    if native:
+        description = (
+            f"{_SIZE_NAMES[size]} vision encoder at native resolution: 2D "
+            "sine-cosine positions, images of any size whose sides are "
+            "multiples of 14 pixels."
+        )
+        top1 = 87.3
+    else:
+        description = (
+            f"{_SIZE_NAMES[size]} vision encoder, patch 14, pre-trained at "
+            f"{resolution}x{resolution} pixels"
+        )
+        top1 = None if suffix else _TOP1[size][resolution]
+    if suffix == "distilled":
+        description += ", distilled from a larger AIMv2 encoder."
+    elif suffix == "lit":
+        description += (
+            ", tuned as the image tower of a LiT image-text model; its "
+            "attention-pool head is saved beside the backbone."
+        )
+    elif not native:
+        description += "."
+    return {
+        "metadata": {
+            "description": description,
+            "params": backbone_parameter_count(
+                width, 24, config["intermediate_dim"], 14, num_patches
+            ),
+            "resolution": resolution,
+            "imagenet_top1": top1,
+            "source": f"apple/{hf_id}",
+            "has_head": suffix == "lit",
+            "path": "aimv2",
+        },
+        "config": config,
+    }
+
+
+def _name(hf_id):
+    return hf_id.removeprefix("apple/").lower().replace("-", "_")
+
+
+def _all_presets():
+    presets = []
+    for size in _SIZES:
+        for resolution in (224, 336, 448):
+            presets.append(_preset(size, resolution))
+    presets.append(_preset("large", None))
+    presets.append(_preset("large", 224, "distilled"))
+    presets.append(_preset("large", 336, "distilled"))
+    presets.append(_preset("large", 224, "lit"))
+    return {_name(p["metadata"]["source"]): p for p in presets}
+
+
+# Every released AIMv2 checkpoint: keras-hub name -> metadata and the
+# `AIMV2Backbone` configuration it converts to.
+backbone_presets = _all_presets()
+
+
+def presets_root():
+    """Directory holding the converted presets, one subdirectory per name.
+
+    `$KERAS_AIMV2_PRESETS` when set, else `~/.keras_aimv2/presets`; read
+    on every call, so changing the variable takes effect immediately.
+
+    Returns:
+        An absolute path (str).
+
+    Example:
+
+    >>> presets_root()  # doctest: +SKIP
+    '/root/.keras_aimv2/presets'
+    """
+    root = os.environ.get(PRESETS_ENV_VARIABLE) or DEFAULT_PRESETS_DIR
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def conversion_command(name, source="SOURCE"):
+    """The shell command that converts the checkpoint of preset `name`.
+
+    Args:
+        name: str. A key of `backbone_presets`.
+        source: str. Path of the downloaded checkpoint (its
+            `model.safetensors`, or the directory holding it). Defaults to
+            the placeholder `"SOURCE"`.
+
+    Returns:
+        The command line (str), writing to `presets_root()/<name>`.
+
+    Example:
+
+    >>> print(conversion_command("aimv2_large_patch14_224"))  # doctest: +SKIP
+    python tools/convert_checkpoint.py SOURCE \
+        /root/.keras_aimv2/presets/aimv2_large_patch14_224 \
+        --preset-name aimv2_large_patch14_224
+    """
+    _check_name(name)
+    target = os.path.join(presets_root(), name)
+    return f"python {CONVERSION_SCRIPT} {source} {target} --preset-name {name}"
+
+
+def _check_name(name):
+    if name not in backbone_presets:
+        raise ValueError(
+            f"Unknown AIMv2 preset name: {name!r}. Expected one of "
+            f"{sorted(backbone_presets)}."
+        )
+
+
+class PresetNotConvertedError(ValueError):
+    """A named AIMv2 preset whose local directory does not exist."""
+
+
+def preset_directory(name):
+    """The local directory of a converted preset, checked to exist.
+
+    Args:
+        name: str. A key of `backbone_presets`.
+
+    Returns:
+        `presets_root()/<name>` (str).
+
+    Raises:
+        ValueError: when `name` is unknown.
+        PresetNotConvertedError: when the directory does not exist; the
+            message gives the command that creates it.
+
+    Example:
+
+    >>> preset_directory("aimv2_large_patch14_224")  # doctest: +SKIP
+    '/root/.keras_aimv2/presets/aimv2_large_patch14_224'
+    """
+    _check_name(name)
+    directory = os.path.join(presets_root(), name)
+    if not os.path.isdir(directory):
+        raise PresetNotConvertedError(
+            f"The AIMv2 preset {name!r} has not been converted: the "
+            f"directory {directory} does not exist (set "
+            f"${PRESETS_ENV_VARIABLE} to change where presets are looked "
+            "for). Convert Apple's checkpoint with:\n"
+            f"    {conversion_command(name)}\n"
+            "where SOURCE is a local copy of "
+            f"{backbone_presets[name]['metadata']['source']} (its "
+            "model.safetensors, or the directory holding it). Run it from "
+            "the keras-aimv2 checkout, or use `python -m "
+            "keras_aimv2.conversion` with the same arguments."
+        )
+    return directory
+
+
+class LocalPreset(dict):
+    """A preset entry whose `"kaggle_handle"` is its local directory.
+
+    keras-hub resolves a registered preset name through
+    `entry["kaggle_handle"]`; this entry computes that handle on every
+    lookup as `preset_directory(name)`, so the location follows
+    `$KERAS_AIMV2_PRESETS` and a missing directory raises an error naming
+    the conversion command.
+
+    Args:
+        name: str. The preset name.
+        entry: dict. Its `metadata` and `config`.
+    """
+
+    def __init__(self, name, entry):
+        super().__init__(entry)
+        self.name = name
+
+    def __missing__(self, key):
+        if key == "kaggle_handle":
+            return preset_directory(self.name)
+        raise KeyError(key)
+
+
+def local_presets():
+    """`backbone_presets` as `LocalPreset` entries, for `register_presets`."""
+    return {name: LocalPreset(name, e) for name, e in backbone_presets.items()}
