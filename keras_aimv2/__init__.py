@@ -12,7 +12,12 @@ from keras_aimv2.configs import DECODER_CONFIGS
 from keras_aimv2.data.pipeline import measure_throughput
 from keras_aimv2.data.pipeline import pretraining_dataset
 from keras_aimv2.data.tokenizer_training import train_sentencepiece
+from keras_aimv2.layer_decay import LayerDecayAdamW
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_image_classifier import AIMV2ImageClassifier
+from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
+    AIMV2ImageClassifierPreprocessor,
+)
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
@@ -24,12 +29,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AIMV2Backbone",
+    "AIMV2ImageClassifier",
+    "AIMV2ImageClassifierPreprocessor",
     "AIMV2ImageConverter",
     "AIMV2Pretrainer",
     "AIMV2PretrainerPreprocessor",
     "AIMV2Tokenizer",
     "BACKBONE_CONFIGS",
     "DECODER_CONFIGS",
+    "LayerDecayAdamW",
     "layers",
     "measure_throughput",
     "pretraining_dataset",

@@ -4,9 +4,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY_BACKBONE
+from conftest import TINY_DECODER
 from conftest import make_batch
 from conftest import tiny_pretrainer
 from conftest import to_numpy
+
+import keras_aimv2
 
 
 def _with_prefix(batch, prefix):
@@ -138,3 +142,33 @@ def test_missing_input_keys(pretrainer, batch):
     del batch["padding_mask"]
     with pytest.raises(ValueError, match="padding_mask"):
         pretrainer(batch)
+
+
+def test_native_resolution_pretrainer_trains_on_varying_shapes():
+    keras.utils.set_random_seed(0)
+    backbone = keras_aimv2.AIMV2Backbone(
+        **{**TINY_BACKBONE, "image_shape": (None, None, 3)},
+        position_embedding="sincos",
+    )
+    pretrainer = keras_aimv2.AIMV2Pretrainer(backbone, **TINY_DECODER)
+    rng = np.random.default_rng(0)
+
+    def batches():
+        for height, width in ((32, 16), (16, 48), (24, 24)):
+            batch = make_batch(batch_size=4)
+            batch["images"] = rng.normal(size=(4, height, width, 3))
+            yield {**batch, "images": batch["images"].astype("float32")}
+
+    signature = {
+        "images": tf.TensorSpec((None, None, None, 3), tf.float32),
+        "token_ids": tf.TensorSpec((None, 8), tf.int32),
+        "padding_mask": tf.TensorSpec((None, 8), tf.bool),
+    }
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=signature
+    )
+    history = pretrainer.fit(dataset, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    outputs = pretrainer(next(batches()))
+    # 32 x 16 pixels in 8-pixel patches: 8 patches, 7 next-patch targets.
+    assert tuple(outputs["pixel_predictions"].shape) == (4, 7, 192)

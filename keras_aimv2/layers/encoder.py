@@ -18,6 +18,13 @@ class PrefixViTEncoder(keras.layers.Layer):
     pre-training; given none it is bidirectional, as when the encoder is
     used after pre-training, with no further tuning.
 
+    With `feature_layers`, a tuple of block indices (negative ones count
+    from the end), the output is instead the average of those blocks'
+    outputs, each passed through the final RMSNorm: the shared norm puts
+    the residual streams of different depths on the scale of the last
+    layer's features, and `feature_layers=(-1,)` is exactly the default
+    output. Blocks after the deepest chosen one are not run.
+
     Args:
         num_layers: int. Number of transformer blocks.
         num_heads: int. Number of attention heads.
@@ -56,16 +63,62 @@ class PrefixViTEncoder(keras.layers.Layer):
         for layer in (*self.blocks, self.final_norm):
             layer.build(input_shape)
 
-    def call(self, tokens, prefix_lengths=None):
+    def call(self, tokens, prefix_lengths=None, feature_layers=None):
         mask = None
         if prefix_lengths is not None:
             mask = prefix_attention_mask(
                 prefix_lengths, keras.ops.shape(tokens)[1]
             )
         x = tokens
-        for block in self.blocks:
+        if feature_layers is None:
+            for block in self.blocks:
+                x = block(x, attention_mask=mask)
+            return self.final_norm(x)
+        chosen = self.check_feature_layers(feature_layers)
+        features = []
+        for index, block in enumerate(self.blocks[: max(chosen) + 1]):
             x = block(x, attention_mask=mask)
-        return self.final_norm(x)
+            if index in chosen:
+                features.append(self.final_norm(x))
+        if len(features) == 1:
+            return features[0]
+        return keras.ops.mean(keras.ops.stack(features), axis=0)
+
+    def check_feature_layers(self, feature_layers):
+        """Block indices of `feature_layers`, made non-negative and sorted.
+
+        Args:
+            feature_layers: tuple of ints. Indices of blocks in
+                `[-num_layers, num_layers)`, without repeats.
+
+        Returns:
+            A sorted tuple of indices in `[0, num_layers)`.
+        """
+        if isinstance(feature_layers, int) or not feature_layers:
+            raise ValueError(
+                "`feature_layers` must be a non-empty tuple of block "
+                f"indices. Received: feature_layers={feature_layers!r}"
+            )
+        indices = []
+        for index in feature_layers:
+            if (
+                isinstance(index, bool)
+                or not isinstance(index, int)
+                or not -self.num_layers <= index < self.num_layers
+            ):
+                raise ValueError(
+                    "`feature_layers` must hold block indices in "
+                    f"[{-self.num_layers}, {self.num_layers}) for an encoder "
+                    f"of {self.num_layers} blocks. Received: "
+                    f"feature_layers={feature_layers!r}"
+                )
+            indices.append(index % self.num_layers)
+        if len(set(indices)) != len(indices):
+            raise ValueError(
+                "`feature_layers` must not name a block twice. Received: "
+                f"feature_layers={feature_layers!r}"
+            )
+        return tuple(sorted(indices))
 
     def compute_output_shape(self, tokens_shape, prefix_lengths_shape=None):
         return tokens_shape

@@ -1,6 +1,7 @@
 """Patch embedding of the AIMv2 encoder."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_aimv2.api import register
@@ -162,3 +163,105 @@ class PatchEmbedding(keras.layers.Layer):
             }
         )
         return config
+
+
+# The cubic convolution coefficient of PyTorch's bicubic interpolation,
+# which timm and the Hugging Face ports use to resize position embeddings.
+CUBIC_COEFFICIENT = -0.75
+
+
+def _cubic_weight(distance, a=CUBIC_COEFFICIENT):
+    """Keys' cubic convolution kernel at `distance` (a NumPy array)."""
+    d = np.abs(distance)
+    near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+    far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+    return np.where(d <= 1.0, near, np.where(d < 2.0, far, 0.0))
+
+
+def bicubic_resize_matrix(source_size, target_size):
+    """The linear map of a bicubic resize along one axis, as a matrix.
+
+    Sample centers are aligned (`align_corners=False`): target sample `i`
+    reads the source at `(i + 0.5) * source_size / target_size - 0.5`, with
+    the four nearest source samples weighted by Keys' cubic kernel
+    (coefficient `-0.75`, as `torch.nn.functional.interpolate`) and indices
+    past the ends clamped to the border. Equal sizes give the identity.
+
+    Args:
+        source_size: int. Samples along the axis before resizing.
+        target_size: int. Samples along the axis after resizing.
+
+    Returns:
+        A float64 NumPy array of shape `(target_size, source_size)`.
+
+    Example:
+
+    >>> bicubic_resize_matrix(16, 24).shape
+    (24, 16)
+    """
+    for name, value in (
+        ("source_size", source_size),
+        ("target_size", target_size),
+    ):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                f"`{name}` must be a positive int. Received: {name}={value!r}"
+            )
+    if source_size == target_size:
+        return np.eye(target_size)
+    matrix = np.zeros((target_size, source_size))
+    positions = (np.arange(target_size) + 0.5) * source_size / target_size
+    positions = positions - 0.5
+    base = np.floor(positions).astype(int)
+    fraction = positions - base
+    for offset in (-1, 0, 1, 2):
+        weights = _cubic_weight(fraction - offset)
+        columns = np.clip(base + offset, 0, source_size - 1)
+        np.add.at(matrix, (np.arange(target_size), columns), weights)
+    return matrix
+
+
+def resample_position_embedding(table, source_grid, target_grid):
+    """Resample a learned position embedding to another patch grid.
+
+    The table is seen as a `(rows, cols)` grid of vectors in raster order
+    and resized bicubically along both axes, as when AIMv2's 224-pixel
+    models (16 x 16 patches) are continued at 336 or 448 pixels (24 x 24,
+    32 x 32). The result depends only on NumPy, so it is the same on every
+    backend; a grid of the same size is returned unchanged.
+
+    Args:
+        table: array of shape `(rows * cols, dim)`.
+        source_grid: tuple `(rows, cols)` of the table.
+        target_grid: tuple `(rows, cols)` of the result.
+
+    Returns:
+        A NumPy array of shape `(target_rows * target_cols, dim)`, of the
+        dtype of `table`.
+
+    Example:
+
+    >>> table = np.random.normal(size=(256, 64))
+    >>> resample_position_embedding(table, (16, 16), (24, 24)).shape
+    (576, 64)
+    """
+    table = np.asarray(table)
+    source_grid, target_grid = tuple(source_grid), tuple(target_grid)
+    if table.ndim != 2 or len(source_grid) != 2 or len(target_grid) != 2:
+        raise ValueError(
+            "`table` must have shape (rows * cols, dim) and the grids must "
+            f"be (rows, cols). Received: table.shape={table.shape}, "
+            f"source_grid={source_grid}, target_grid={target_grid}"
+        )
+    if table.shape[0] != source_grid[0] * source_grid[1]:
+        raise ValueError(
+            f"`table` has {table.shape[0]} rows, but source_grid="
+            f"{source_grid} holds {source_grid[0] * source_grid[1]} patches."
+        )
+    if source_grid == target_grid:
+        return table.copy()
+    rows = bicubic_resize_matrix(source_grid[0], target_grid[0])
+    cols = bicubic_resize_matrix(source_grid[1], target_grid[1])
+    grid = table.astype(np.float64).reshape(*source_grid, table.shape[1])
+    resized = np.einsum("ir,jc,rcd->ijd", rows, cols, grid)
+    return resized.reshape(-1, table.shape[1]).astype(table.dtype)

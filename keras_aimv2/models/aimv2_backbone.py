@@ -6,6 +6,7 @@ from keras_hub.models import Backbone
 from keras_aimv2.api import register
 from keras_aimv2.layers.encoder import PrefixViTEncoder
 from keras_aimv2.layers.patch_embedding import PatchEmbedding
+from keras_aimv2.layers.patch_embedding import resample_position_embedding
 
 
 @register
@@ -21,6 +22,13 @@ class AIMV2Backbone(Backbone):
 
     The defaults build AIMv2-L at 224 pixels (309.2M parameters);
     `keras_aimv2.BACKBONE_CONFIGS` holds every released size.
+
+    A learned-position model moves to another resolution with
+    `AIMV2Backbone.from_preset(preset, image_shape=(336, 336, 3))` or
+    `backbone.with_image_shape(...)`, which resample the position embedding
+    bicubically on its 2D grid, as AIMv2's 336 and 448 pixel models are
+    continued from the 224 pixel ones. `extract_features` averages the
+    features of chosen blocks.
 
     Args:
         image_shape: tuple `(height, width, channels)`. Use `(None, None, 3)`
@@ -95,6 +103,112 @@ class AIMV2Backbone(Backbone):
     @property
     def num_channels(self):
         return self.image_shape[-1]
+
+    def extract_features(self, images, feature_layers=None):
+        """Patch features of the last block, or averaged over chosen blocks.
+
+        Each chosen block's output passes through the encoder's final
+        RMSNorm before the average (see `PrefixViTEncoder`), so
+        `feature_layers=None` or `(-1,)` gives exactly `backbone(images)`.
+        AIMv2 probes the last layer's features.
+
+        Args:
+            images: float tensor `(batch, height, width, channels)`,
+                normalized.
+            feature_layers: tuple of ints or `None`. Block indices, negative
+                ones counting from the end. Defaults to `None`, the last
+                block.
+
+        Returns:
+            Tensor `(batch, num_patches, hidden_dim)`.
+
+        Example:
+
+        >>> backbone = AIMV2Backbone(**BACKBONE_CONFIGS["tiny"])
+        >>> images = np.zeros((2, 32, 32, 3))
+        >>> backbone.extract_features(images, feature_layers=(0, 1)).shape
+        (2, 16, 64)
+        """
+        return self.encoder(
+            self.patch_embedding(images), feature_layers=feature_layers
+        )
+
+    def with_image_shape(self, image_shape):
+        """A copy of this backbone for images of another size.
+
+        Every weight is copied; a learned position embedding is resampled
+        bicubically from the old patch grid to the new one
+        (`keras_aimv2.layers.patch_embedding.resample_position_embedding`),
+        and is left unchanged when the grid is the same. A sine-cosine
+        backbone needs no resampling.
+
+        Args:
+            image_shape: tuple `(height, width, channels)`. The new input
+                shape; sides must be multiples of `patch_size` for learned
+                positions, and the channels must not change.
+
+        Returns:
+            A new `AIMV2Backbone`.
+
+        Example:
+
+        >>> backbone = AIMV2Backbone(**BACKBONE_CONFIGS["tiny"])
+        >>> larger = backbone.with_image_shape((48, 48, 3))
+        >>> larger(np.zeros((1, 48, 48, 3))).shape
+        (1, 36, 64)
+        """
+        image_shape = tuple(image_shape)
+        if len(image_shape) != 3 or image_shape[-1] != self.num_channels:
+            raise ValueError(
+                "`image_shape` must be (height, width, channels) with the "
+                f"backbone's {self.num_channels} channels. Received: "
+                f"image_shape={image_shape}"
+            )
+        config = {**self.get_config(), "image_shape": image_shape}
+        resized = type(self).from_config(config)
+        source_grid = self.patch_embedding.grid_size
+        target_grid = resized.patch_embedding.grid_size
+        for source, target in zip(self.weights, resized.weights, strict=True):
+            if source.path != target.path:
+                raise ValueError(
+                    f"Weights do not line up: {source.path} and {target.path}."
+                )
+            value = keras.ops.convert_to_numpy(source)
+            if source.path.endswith("patch_embedding/position_embedding"):
+                value = resample_position_embedding(
+                    value, source_grid, target_grid
+                )
+            target.assign(value)
+        return resized
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Instantiate an `AIMV2Backbone` from a preset, at any image size.
+
+        As `keras_hub.models.Backbone.from_preset`, except that an
+        `image_shape` different from the preset's builds the backbone at
+        the preset's size, loads its weights and returns
+        `with_image_shape(image_shape)`: a learned position embedding is
+        resampled bicubically to the new patch grid.
+
+        Args:
+            preset: str. A preset name or directory.
+            load_weights: bool. Whether to load the preset's weights.
+                Defaults to `True`.
+            **kwargs: other keyword arguments passed to the backbone
+                (`image_shape`, `dtype`, ...).
+
+        Example:
+
+        >>> backbone = AIMV2Backbone.from_preset(
+        ...     "runs/tiny/preset/backbone", image_shape=(48, 48, 3)
+        ... )
+        """
+        image_shape = kwargs.pop("image_shape", None)
+        backbone = super().from_preset(preset, load_weights, **kwargs)
+        if image_shape is None or tuple(image_shape) == backbone.image_shape:
+            return backbone
+        return backbone.with_image_shape(image_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -162,7 +162,7 @@ class AIMV2Pretrainer(Task):
                 f"Missing: {missing}"
             )
         patch_tokens = self.backbone.patch_embedding(inputs["images"])
-        num_patches = patch_tokens.shape[1]
+        num_patches = ops.shape(patch_tokens)[1]
         prefix_lengths = self.prefix_sampler(
             patch_tokens,
             prefix_lengths=inputs.get("prefix_lengths"),

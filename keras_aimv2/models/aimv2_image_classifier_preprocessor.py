@@ -1,0 +1,50 @@
+"""Preprocessing of images for `AIMV2ImageClassifier`."""
+
+from keras_hub.models import ImageClassifierPreprocessor
+from keras_hub.src.utils.preset_utils import IMAGE_CONVERTER_CONFIG_FILE
+from keras_hub.src.utils.preset_utils import check_file_exists
+
+from keras_aimv2.api import register
+from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+
+
+@register
+class AIMV2ImageClassifierPreprocessor(ImageClassifierPreprocessor):
+    """Resizes and normalizes images for `AIMV2ImageClassifier`.
+
+    Wraps an `AIMV2ImageConverter` (bicubic resize, then `x * scale +
+    offset`); labels and sample weights pass through unchanged. Loaded from
+    a preset that holds no image converter (a bare backbone preset), it
+    builds the default converter for the backbone's image size, with
+    ImageNet normalization as in AIMv2 pre-training.
+
+    Args:
+        image_converter: `AIMV2ImageConverter` or `None`. Turns images in
+            `[0, 255]` into model inputs. `None` passes images unchanged.
+            Defaults to `None`.
+        **kwargs: other keyword arguments passed to
+            `keras_hub.models.ImageClassifierPreprocessor`.
+
+    Example:
+
+    >>> preprocessor = AIMV2ImageClassifierPreprocessor(
+    ...     AIMV2ImageConverter(image_size=(32, 32))
+    ... )
+    >>> images, labels = preprocessor(np.zeros((2, 28, 28, 3)), [1, 3])
+    >>> tuple(images.shape)
+    (2, 32, 32, 3)
+    """
+
+    backbone_cls = AIMV2Backbone
+    image_converter_cls = AIMV2ImageConverter
+
+    @classmethod
+    def _add_missing_kwargs(cls, loader, kwargs):
+        if "image_converter" not in kwargs and not check_file_exists(
+            loader.preset, IMAGE_CONVERTER_CONFIG_FILE
+        ):
+            height, width = loader.config["config"]["image_shape"][:2]
+            size = None if height is None or width is None else (height, width)
+            kwargs["image_converter"] = cls.image_converter_cls(image_size=size)
+        return super()._add_missing_kwargs(loader, kwargs)

@@ -1,0 +1,331 @@
+"""`probe`: AIMv2's attentive probe of an encoder on Fashion-MNIST.
+
+AIMv2 evaluates its encoders with an attentive probe on frozen last-layer
+features ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
+Fini et al., CVPR 2025, Section 4 and Table A2): a learned query attends
+over the patch features and a linear layer classifies, trained with AdamW,
+a cosine schedule and weight decay 0.05 or 0.1, on RandomResizedCrop
+(scale 0.08 to 1) and flipped images. `probe` runs this protocol from a
+recipe (`recipes/probe_fashion_mnist.py`): it loads an encoder from a
+preset, or builds a randomly initialised one, trains the probe on
+Fashion-MNIST training images resized to the encoder's resolution (gray
+copied into 3 channels), reports top-1 accuracy on the 10,000 test images
+and writes `metrics.json`. Setting `head.freeze_backbone=False` fine-tunes
+instead, optionally with layer-wise learning-rate decay
+(`training.layer_decay`).
+"""
+
+import json
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_aimv2.data.fashion_mnist import DEFAULT_ROOT
+from keras_aimv2.data.fashion_mnist import load_fashion_mnist
+from keras_aimv2.data.pipeline import CROP_RATIO
+from keras_aimv2.data.pipeline import random_resized_crop_box
+from keras_aimv2.layer_decay import LayerDecayAdamW
+from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_image_classifier import HEAD_NO_DECAY
+from keras_aimv2.models.aimv2_image_classifier import AIMV2ImageClassifier
+from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
+    AIMV2ImageClassifierPreprocessor,
+)
+from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.recipes import backbone_arguments
+
+
+def log(message):
+    print(f"[probe] {message}", flush=True)
+
+
+def build_encoder(section, seed=0):
+    """The encoder of a probe recipe's `backbone` section.
+
+    With `preset` set, the backbone is loaded from that keras-hub preset
+    directory (a saved `AIMV2Backbone`, or any preset holding one, such as
+    a pre-training preset); a non-`None` `image_shape` different from the
+    preset's resamples its learned position embedding. Otherwise a randomly
+    initialised backbone is built from the other entries (`size` or the
+    `AIMV2Backbone` arguments), seeded by `seed`.
+
+    Args:
+        section: dict. The recipe's `backbone` section.
+        seed: int. Seed of a random initialisation. Defaults to `0`.
+
+    Returns:
+        An `AIMV2Backbone`.
+    """
+    section = dict(section)
+    preset = section.pop("preset", None)
+    if preset:
+        image_shape = section.get("image_shape")
+        kwargs = {} if image_shape is None else {"image_shape": image_shape}
+        return AIMV2Backbone.from_preset(preset, **kwargs)
+    keras.utils.set_random_seed(seed)
+    return AIMV2Backbone(**backbone_arguments(section))
+
+
+def _gray_to_rgb(image):
+    return tf.tile(tf.cast(image[..., None], tf.float32), [1, 1, 3])
+
+
+def _resize(image, size):
+    image = tf.image.resize(image, size, method="bicubic", antialias=True)
+    # Bicubic filters overshoot; keep [0, 255].
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
+    """Augmented Fashion-MNIST training batches and plain test batches.
+
+    Training images get a random resized crop (`data["crop_scale"]`,
+    aspect ratio 3/4 to 4/3) and a horizontal flip
+    (`data["flip_probability"]`), each drawn statelessly from `(seed,
+    element index)` so runs repeat exactly; test images are resized whole.
+    Both are bicubically resized to `image_size`, gray copied into three
+    channels, in `[0, 255]`. The training set repeats and is reshuffled
+    every pass; its batches are complete.
+
+    Args:
+        data: dict. The recipe's `data` section (`train_examples`,
+            `test_examples`, `crop_scale`, `flip_probability`, `root`).
+        image_size: tuple `(height, width)`. The encoder's input size.
+        batch_size: int. Training batch size.
+        eval_batch_size: int. Test batch size.
+        seed: int. Seed of the shuffle and the augmentation. Defaults to
+            `0`.
+
+    Returns:
+        A tuple `(train, test, num_train, num_test)`: two `tf.data.Dataset`
+        of `(images, labels)` and the numbers of examples used.
+    """
+    root = data.get("root") or DEFAULT_ROOT
+    train_images, train_labels, _ = load_fashion_mnist("train", root)
+    test_images, test_labels, _ = load_fashion_mnist("test", root)
+    if data.get("train_examples"):
+        train_images = train_images[: data["train_examples"]]
+        train_labels = train_labels[: data["train_examples"]]
+    if data.get("test_examples"):
+        test_images = test_images[: data["test_examples"]]
+        test_labels = test_labels[: data["test_examples"]]
+    if len(train_images) < batch_size:
+        raise ValueError(
+            f"`training.batch_size`={batch_size} is larger than the "
+            f"{len(train_images)} training examples."
+        )
+    crop_scale = tuple(data["crop_scale"])
+    flip_probability = data["flip_probability"]
+
+    def augment(index, image, label):
+        element_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        crop_seed, flip_seed = tf.unstack(
+            tf.random.experimental.stateless_split(element_seed, num=2)
+        )
+        image = _gray_to_rgb(image)
+        shape = tf.shape(image)
+        top, left, height, width = random_resized_crop_box(
+            shape[0], shape[1], crop_seed, scale=crop_scale, ratio=CROP_RATIO
+        )
+        image = tf.image.crop_to_bounding_box(image, top, left, height, width)
+        image = _resize(image, image_size)
+        flip = tf.random.stateless_uniform([], flip_seed) < flip_probability
+        image = tf.cond(
+            flip, lambda: tf.image.flip_left_right(image), lambda: image
+        )
+        image.set_shape([*image_size, 3])
+        return image, label
+
+    train = tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+    train = train.shuffle(
+        len(train_images), seed=seed, reshuffle_each_iteration=True
+    )
+    train = train.repeat().enumerate()
+    train = train.map(
+        lambda index, example: augment(index, *example),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    train = train.batch(batch_size, drop_remainder=True)
+    train = train.prefetch(tf.data.AUTOTUNE)
+
+    test = tf.data.Dataset.from_tensor_slices((test_images, test_labels))
+    test = test.map(
+        lambda image, label: (_resize(_gray_to_rgb(image), image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    test = test.batch(eval_batch_size).prefetch(tf.data.AUTOTUNE)
+    return train, test, len(train_images), len(test_images)
+
+
+def probe_optimizer(training, steps_per_epoch, num_layers):
+    """AdamW of a probe recipe: warm-up, cosine decay, layer-wise decay.
+
+    The rate rises linearly from 0 to `peak_learning_rate` over
+    `warmup_epochs` epochs, then follows a cosine to `final_learning_rate`
+    at the end of `epochs`. Weight decay is decoupled (PyTorch's AdamW),
+    without biases, norm scales, position embeddings and the probe's
+    query. `layer_decay` (`None` for none) scales the rates of the
+    encoder's blocks (`keras_aimv2.layer_decay.LayerDecayAdamW`).
+
+    Args:
+        training: dict. The recipe's `training` section.
+        steps_per_epoch: int. Optimizer steps per epoch.
+        num_layers: int. Blocks of the encoder.
+
+    Returns:
+        A `LayerDecayAdamW`.
+    """
+    peak = training["peak_learning_rate"]
+    steps = steps_per_epoch * training["epochs"]
+    warmup = int(round(training["warmup_epochs"] * steps_per_epoch))
+    warmup = min(warmup, steps - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+        decay_steps=max(steps - warmup, 1),
+        alpha=training["final_learning_rate"] / peak,
+    )
+    layer_decay = training.get("layer_decay")
+    optimizer = LayerDecayAdamW(
+        learning_rate=schedule,
+        weight_decay=training["weight_decay"],
+        layer_decay=1.0 if layer_decay is None else layer_decay,
+        num_layers=num_layers,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(HEAD_NO_DECAY))
+    return optimizer
+
+
+def build_classifier(recipe, backbone):
+    """The classifier (probe or fine-tuning head) of a probe recipe."""
+    head = recipe["head"]
+    height, width, _ = backbone.image_shape
+    preprocessor = AIMV2ImageClassifierPreprocessor(
+        AIMV2ImageConverter(image_size=(height, width))
+    )
+    keras.utils.set_random_seed(recipe["training"]["seed"] + 1)
+    return AIMV2ImageClassifier(
+        backbone,
+        num_classes=recipe["data"]["num_classes"],
+        preprocessor=preprocessor,
+        pooling=head["pooling"],
+        freeze_backbone=head["freeze_backbone"],
+        feature_layers=head["feature_layers"],
+        num_heads=head["num_heads"],
+        dropout=head["dropout"],
+    )
+
+
+def probe(recipe, output_dir=None):
+    """Run a probe recipe; returns the summary written to metrics.json.
+
+    Args:
+        recipe: dict. A probe recipe (see `recipes/probe_fashion_mnist.py`).
+        output_dir: str or `None`. Where `recipe.json`, `metrics.json`, the
+            training log and the classifier preset are written. Defaults to
+            the recipe's `output_dir`.
+
+    Returns:
+        A dict with the test top-1 accuracy (`top1`), the test loss, the
+        encoder used, the numbers of examples and steps, the training
+        history and the wall time.
+
+    Example:
+
+    >>> from keras_aimv2.recipes import load_recipe
+    >>> summary = probe(load_recipe("recipes/probe_fashion_mnist.py"))
+    >>> summary["top1"]
+    """
+    started = time.time()
+    output_dir = output_dir or recipe["output_dir"]
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "recipe.json"), "w") as file:
+        json.dump(recipe, file, indent=2, default=str)
+    data, training = recipe["data"], recipe["training"]
+    log(
+        f"recipe {recipe['name']!r} on {keras.config.backend()} -> {output_dir}"
+    )
+
+    backbone = build_encoder(recipe["backbone"], seed=training["seed"])
+    encoder = recipe["backbone"].get("preset") or "random initialisation"
+    image_size = tuple(backbone.image_shape[:2])
+    if None in image_size:
+        raise ValueError(
+            "The probe needs an encoder of fixed image size; set "
+            "`backbone.image_shape`. Received an encoder with image_shape="
+            f"{backbone.image_shape}"
+        )
+    train, test, num_train, num_test = probe_datasets(
+        data,
+        image_size,
+        training["batch_size"],
+        training["eval_batch_size"],
+        seed=training["seed"],
+    )
+    steps_per_epoch = training.get("steps_per_epoch") or (
+        num_train // training["batch_size"]
+    )
+    classifier = build_classifier(recipe, backbone)
+    classifier.compile(
+        optimizer=probe_optimizer(
+            training, steps_per_epoch, backbone.num_layers
+        )
+    )
+    log(
+        f"encoder: {encoder}, {backbone.count_params():,} parameters, "
+        f"{'frozen' if classifier.freeze_backbone else 'fine-tuned'}; "
+        f"trainable: {_count(classifier.trainable_weights):,}; "
+        f"{num_train} training images at {image_size[0]}x{image_size[1]}, "
+        f"{training['epochs']} epochs of {steps_per_epoch} steps"
+    )
+    log_path = os.path.join(output_dir, "training.csv")
+    history = classifier.fit(
+        train,
+        epochs=training["epochs"],
+        steps_per_epoch=steps_per_epoch,
+        verbose=training["verbose"],
+        callbacks=[keras.callbacks.CSVLogger(log_path)],
+    )
+    results = classifier.evaluate(test, verbose=0, return_dict=True)
+    preset_dir = os.path.join(output_dir, "preset")
+    classifier.save_to_preset(preset_dir)
+
+    summary = {
+        "recipe": recipe["name"],
+        "backend": keras.config.backend(),
+        "encoder": encoder,
+        "frozen_encoder": classifier.freeze_backbone,
+        "pooling": recipe["head"]["pooling"],
+        "image_size": list(image_size),
+        "train_examples": num_train,
+        "test_examples": num_test,
+        "epochs": training["epochs"],
+        "steps": int(
+            keras.ops.convert_to_numpy(classifier.optimizer.iterations)
+        ),
+        "top1": round(float(results["accuracy"]), 4),
+        "test_loss": round(float(results["loss"]), 4),
+        "history": {
+            key: [round(float(value), 4) for value in values]
+            for key, values in history.history.items()
+        },
+        "preset": preset_dir,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
+        json.dump(summary, file, indent=2)
+    log(
+        f"top-1 on {num_test} test images: {summary['top1']:.2%} "
+        f"({summary['wall_time_s']} s)"
+    )
+    return summary
+
+
+def _count(weights):
+    return int(sum(math.prod(w.shape) for w in weights))
