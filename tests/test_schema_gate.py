@@ -1,0 +1,63 @@
+"""`pretrain` refuses shards that do not match a validated TFDV schema."""
+
+import io
+import os
+import subprocess
+
+import pytest
+from PIL import Image
+
+from keras_aimv2.data.scenes import scenes_source
+from keras_aimv2.data.schema_gate import ROOT
+from keras_aimv2.data.schema_gate import DataValidationError
+from keras_aimv2.data.shards import write_shards
+from keras_aimv2.training import check_schema
+
+
+def _grayscale_png():
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gate")
+    clean, bad = str(root / "clean"), str(root / "bad")
+    write_shards(scenes_source(40, seed=0), clean, verbose=False)
+    examples = list(scenes_source(40, seed=1))
+    examples[3] = ("gray", _grayscale_png(), "a gray square")
+    write_shards(examples, bad, verbose=False)
+    inferred = str(root / "inferred")
+    subprocess.run(
+        [
+            os.path.join(ROOT, ".venv-tfdv", "bin", "python"),
+            os.path.join(ROOT, "tools", "validate_data.py"),
+            clean,
+            "--output",
+            inferred,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return clean, bad, os.path.join(inferred, "schema.pbtxt"), str(root)
+
+
+def test_clean_shards_pass_the_gate(datasets):
+    clean, _, schema, root = datasets
+    check_schema({"schema": schema}, clean, None, None, os.path.join(root, "a"))
+    report = os.path.join(root, "a", "validation", "train", "report.txt")
+    assert "NO ANOMALIES" in open(report).read()
+
+
+def test_mismatching_shards_are_refused_unless_allowed(datasets):
+    _, bad, schema, root = datasets
+    output = os.path.join(root, "b")
+    with pytest.raises(DataValidationError, match="image_channels"):
+        check_schema({"schema": schema}, bad, None, None, output)
+    # Told to proceed, the run goes on; the report stays for a person.
+    check_schema(
+        {"schema": schema, "allow_anomalies": True}, bad, None, None, output
+    )
+    report = os.path.join(output, "validation", "train", "report.txt")
+    assert "image_channels" in open(report).read()
