@@ -1,6 +1,7 @@
-"""The `aimv2` command: pre-train, draw pictures, build data, tokenizers.
+"""The `aimv2` command: pre-train, probe, draw pictures, build data, tokenizers.
 
     aimv2 pretrain recipes/tiny_scenes_cpu.py --set training.steps=200
+    aimv2 probe recipes/probe_fashion_mnist.py --set backbone.preset=DIR
     aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
     aimv2 build-dataset scenes --num-examples 1000 --output data/scenes
     aimv2 train-tokenizer --captions data/scenes --vocabulary-size 512 ...
@@ -41,6 +42,22 @@ def _parser():
     )
     pretrain.add_argument("--output-dir", help="Default: the recipe's.")
 
+    probe = commands.add_parser(
+        "probe",
+        help="Train an attentive probe on an encoder (recipe) and report "
+        "its test top-1 accuracy.",
+    )
+    probe.add_argument("recipe", help="Probe recipe file or name in recipes/.")
+    probe.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="Override recipe entries, e.g. backbone.preset=DIR.",
+    )
+    probe.add_argument("--output-dir", help="Default: the recipe's.")
+
     pictures = commands.add_parser(
         "pictures", help="Draw the pictures of a saved pre-training preset."
     )
@@ -76,18 +93,33 @@ def main(argv=None):
 
         return tokenizer_main(args.args)
     if args.command == "pretrain":
-        from keras_aimv2.recipes import apply_overrides
-        from keras_aimv2.recipes import load_recipe
         from keras_aimv2.training import pretrain
 
-        try:
-            recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
-        except ValueError as error:
-            print(f"aimv2 pretrain: {error}", file=sys.stderr)
-            return 2
-        pretrain(recipe, args.output_dir)
-        return 0
+        return _run_recipe("pretrain", pretrain, args)
+    if args.command == "probe":
+        from keras_aimv2.transfer import probe
+
+        return _run_recipe("probe", probe, args)
     return _pictures(args)
+
+
+def _run_recipe(command, run, args):
+    """Load a recipe, apply the overrides and run it; errors exit cleanly."""
+    from keras_aimv2.data.schema_gate import DataValidationError
+    from keras_aimv2.recipes import apply_overrides
+    from keras_aimv2.recipes import load_recipe
+
+    try:
+        recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
+    except ValueError as error:
+        print(f"aimv2 {command}: {error}", file=sys.stderr)
+        return 2
+    try:
+        run(recipe, args.output_dir)
+    except DataValidationError as error:
+        print(f"aimv2 {command}: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _pictures(args):

@@ -15,12 +15,19 @@ import os
 import time
 
 import keras
+from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
+from keras_hub.src.utils.preset_utils import check_config_class
+from keras_hub.src.utils.preset_utils import check_file_exists
+from keras_hub.src.utils.preset_utils import load_json
 
 from keras_aimv2.data.pipeline import pretraining_dataset
+from keras_aimv2.data.schema_gate import DataValidationError
+from keras_aimv2.data.schema_gate import validate_shards
 from keras_aimv2.data.shards import read_manifest
 from keras_aimv2.data.shards import write_shards
 from keras_aimv2.data.tokenizer_training import iter_captions
 from keras_aimv2.data.tokenizer_training import train_sentencepiece
+from keras_aimv2.layers.patch_embedding import resample_position_embedding
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
@@ -98,6 +105,32 @@ def prepare_tokenizer(settings, train_dir, output_dir):
     return path
 
 
+def check_schema(data, train_dir, eval_dir, tokenizer_path, output_dir):
+    """Validate the shards against `data.schema` with TFDV, if one is set.
+
+    Data that do not match stop the run, unless `data.allow_anomalies`.
+    """
+    if not data.get("schema"):
+        return
+    for split, directory in (("train", train_dir), ("eval", eval_dir)):
+        if not directory:
+            continue
+        report_dir = os.path.join(output_dir, "validation", split)
+        log(f"validating {directory} against {data['schema']}")
+        try:
+            validate_shards(
+                directory, data["schema"], report_dir, tokenizer_path
+            )
+        except DataValidationError as error:
+            if not data.get("allow_anomalies"):
+                raise DataValidationError(
+                    f"{directory} does not match {data['schema']}; see "
+                    f"{report_dir}/report.txt, or set "
+                    f"data.allow_anomalies=True to train anyway.\n{error}"
+                ) from None
+            log(f"training on {directory} despite anomalies: {report_dir}")
+
+
 def build_pretrainer(recipe, tokenizer_path):
     """The backbone, preprocessor and pre-training task of a recipe."""
     keras.utils.set_random_seed(recipe["training"]["seed"])
@@ -109,13 +142,64 @@ def build_pretrainer(recipe, tokenizer_path):
         image_converter=AIMV2ImageConverter(image_size=(height, width)),
         context_length=recipe["decoder"]["context_length"],
     )
-    return AIMV2Pretrainer(
+    pretrainer = AIMV2Pretrainer(
         backbone,
         **{**recipe["decoder"], "vocabulary_size": tokenizer.vocabulary_size()},
         pixel_loss_weight=recipe["training"]["pixel_loss_weight"],
         seed=recipe["training"]["seed"],
         preprocessor=preprocessor,
     )
+    initial = (recipe.get("initialize") or {}).get("preset")
+    if initial:
+        log(f"initializing from {initial}")
+        initialize_from_preset(pretrainer, initial)
+    return pretrainer
+
+
+def initialize_from_preset(pretrainer, preset):
+    """Continue pre-training from a saved model, at any resolution.
+
+    From a pre-training preset every weight (encoder, decoder, heads) is
+    copied; from a backbone preset, the encoder's. A learned position
+    embedding of another patch grid is resampled bicubically, as AIMv2's
+    336 and 448 pixel models continue the 224 pixel ones; any other shape
+    difference (another vocabulary, width or depth) is an error.
+
+    Args:
+        pretrainer: `AIMV2Pretrainer`. The model to initialize.
+        preset: str. A preset directory of an `AIMV2Pretrainer` or an
+            `AIMV2Backbone`.
+    """
+    if check_file_exists(preset, TASK_CONFIG_FILE) and issubclass(
+        check_config_class(load_json(preset, TASK_CONFIG_FILE)),
+        AIMV2Pretrainer,
+    ):
+        source = AIMV2Pretrainer.from_preset(preset)
+        source_backbone, target = source.backbone, pretrainer
+    else:
+        source = source_backbone = AIMV2Backbone.from_preset(preset)
+        target = pretrainer.backbone
+    values = {w.path: w for w in source.weights}
+    grids = (
+        source_backbone.patch_embedding.grid_size,
+        pretrainer.backbone.patch_embedding.grid_size,
+    )
+    for weight in target.weights:
+        if weight.path not in values:
+            raise ValueError(
+                f"The preset {preset!r} has no weight {weight.path!r}."
+            )
+        value = keras.ops.convert_to_numpy(values[weight.path])
+        if weight.path.endswith("patch_embedding/position_embedding"):
+            value = resample_position_embedding(value, *grids)
+        if tuple(value.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"The preset {preset!r} holds {weight.path!r} of shape "
+                f"{tuple(value.shape)}, but the recipe's model needs "
+                f"{tuple(weight.shape)}. Only the image size may differ; "
+                "use the preset's architecture and tokenizer."
+            )
+        weight.assign(value)
 
 
 def learning_rate_schedule(training):
@@ -180,6 +264,9 @@ def pretrain(recipe, output_dir=None):
     train_dir, eval_dir = prepare_data(recipe["data"], output_dir)
     tokenizer_path = prepare_tokenizer(
         recipe["tokenizer"], train_dir, output_dir
+    )
+    check_schema(
+        recipe["data"], train_dir, eval_dir, tokenizer_path, output_dir
     )
     pretrainer = build_pretrainer(recipe, tokenizer_path)
     pretrainer.compile(

@@ -35,6 +35,8 @@ def paper_recipe(size, peak_learning_rate):
             "eval_dir": None,
             "crop_scale": (0.4, 1.0),
             "flip_probability": 0.5,
+            "schema": None,
+            "allow_anomalies": False,
         },
         "tokenizer": {"vocabulary_size": 32000, "model": None},
         "training": {

@@ -39,6 +39,8 @@ RECIPE = {
         "eval_dir": None,
         "crop_scale": (0.8, 1.0),
         "flip_probability": 0.0,
+        "schema": None,
+        "allow_anomalies": False,
     },
     "tokenizer": {"vocabulary_size": 100, "model": None},
     "training": {
