@@ -25,8 +25,8 @@ import tensorflow as tf
 
 from keras_aimv2.data.fashion_mnist import DEFAULT_ROOT
 from keras_aimv2.data.fashion_mnist import load_fashion_mnist
-from keras_aimv2.data.pipeline import CROP_RATIO
-from keras_aimv2.data.pipeline import random_resized_crop_box
+from keras_aimv2.data.pipeline import augment_image
+from keras_aimv2.data.pipeline import resize_image
 from keras_aimv2.layer_decay import LayerDecayAdamW
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_classifier import HEAD_NO_DECAY
@@ -73,12 +73,6 @@ def _gray_to_rgb(image):
     return tf.tile(tf.cast(image[..., None], tf.float32), [1, 1, 3])
 
 
-def _resize(image, size):
-    image = tf.image.resize(image, size, method="bicubic", antialias=True)
-    # Bicubic filters overshoot; keep [0, 255].
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
 def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
     """Augmented Fashion-MNIST training batches and plain test batches.
 
@@ -122,21 +116,13 @@ def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
 
     def augment(index, image, label):
         element_seed = tf.stack([tf.constant(seed, tf.int64), index])
-        crop_seed, flip_seed = tf.unstack(
-            tf.random.experimental.stateless_split(element_seed, num=2)
+        image = augment_image(
+            _gray_to_rgb(image),
+            element_seed,
+            image_size,
+            scale=crop_scale,
+            flip_probability=flip_probability,
         )
-        image = _gray_to_rgb(image)
-        shape = tf.shape(image)
-        top, left, height, width = random_resized_crop_box(
-            shape[0], shape[1], crop_seed, scale=crop_scale, ratio=CROP_RATIO
-        )
-        image = tf.image.crop_to_bounding_box(image, top, left, height, width)
-        image = _resize(image, image_size)
-        flip = tf.random.stateless_uniform([], flip_seed) < flip_probability
-        image = tf.cond(
-            flip, lambda: tf.image.flip_left_right(image), lambda: image
-        )
-        image.set_shape([*image_size, 3])
         return image, label
 
     train = tf.data.Dataset.from_tensor_slices((train_images, train_labels))
@@ -154,7 +140,10 @@ def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
 
     test = tf.data.Dataset.from_tensor_slices((test_images, test_labels))
     test = test.map(
-        lambda image, label: (_resize(_gray_to_rgb(image), image_size), label),
+        lambda image, label: (
+            resize_image(_gray_to_rgb(image), image_size),
+            label,
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

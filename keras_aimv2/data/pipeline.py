@@ -123,7 +123,9 @@ def _center_window(height, width, ratio):
     return crop_height, crop_width
 
 
-def _resize(image, size, antialias):
+def resize_image(image, size, antialias=True):
+    """Bicubic resize to `size`, clipped to `[0, 255]`."""
+
     def resize(antialias):
         return tf.image.resize(
             image, size, method="bicubic", antialias=antialias
@@ -179,10 +181,51 @@ def train_transform(
 
     >>> image = train_transform(encoded, tf.constant([0, 7]), (224, 224))
     """
+    return augment_image(
+        _decode(encoded),
+        seed,
+        image_size,
+        scale=scale,
+        ratio=ratio,
+        antialias=antialias,
+        flip_probability=flip_probability,
+    )
+
+
+def augment_image(
+    image,
+    seed,
+    image_size,
+    scale=CROP_SCALE,
+    ratio=CROP_RATIO,
+    antialias=True,
+    flip_probability=0.5,
+):
+    """RandomResizedCrop and horizontal flip of a decoded image.
+
+    The augmentation of AIMv2's pre-training (and, with a wider `scale`, of
+    its attentive probe), drawn statelessly from `seed`.
+
+    Args:
+        image: tensor `(height, width, 3)`, any real or integer dtype, with
+            values in `[0, 255]`.
+        seed: int tensor of shape `(2,)`. Seed of the stateless draws.
+        image_size: tuple `(height, width)`. Output size.
+        scale: tuple of two floats. Area share of the crop. Defaults to
+            `(0.4, 1.0)`.
+        ratio: tuple of two floats. Aspect ratio of the crop. Defaults to
+            `(3 / 4, 4 / 3)`.
+        antialias: bool. Low-pass filter when shrinking. Defaults to
+            `True`.
+        flip_probability: float. Chance of a horizontal flip. Defaults to
+            `0.5`.
+
+    Returns:
+        A float32 tensor of shape `(*image_size, 3)` in `[0, 255]`.
+    """
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=2)
     )
-    image = _decode(encoded)
     shape = tf.shape(image)
     top, left, crop_height, crop_width = random_resized_crop_box(
         shape[0], shape[1], crop_seed, scale=scale, ratio=ratio
@@ -190,7 +233,7 @@ def train_transform(
     image = tf.image.crop_to_bounding_box(
         image, top, left, crop_height, crop_width
     )
-    image = _resize(tf.cast(image, tf.float32), image_size, antialias)
+    image = resize_image(tf.cast(image, tf.float32), image_size, antialias)
     flip = tf.random.stateless_uniform([], flip_seed) < flip_probability
     image = tf.cond(
         flip, lambda: tf.image.flip_left_right(image), lambda: image
@@ -232,7 +275,7 @@ def eval_transform(encoded, image_size, antialias=True):
         crop_height,
         crop_width,
     )
-    image = _resize(tf.cast(image, tf.float32), image_size, antialias)
+    image = resize_image(tf.cast(image, tf.float32), image_size, antialias)
     image.set_shape([*image_size, 3])
     return image
 
