@@ -27,8 +27,8 @@ from keras_aimv2.data.shards import read_manifest
 from keras_aimv2.data.shards import write_shards
 from keras_aimv2.data.tokenizer_training import iter_captions
 from keras_aimv2.data.tokenizer_training import train_sentencepiece
-from keras_aimv2.layers.patch_embedding import resample_position_embedding
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_backbone import copy_weights
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
@@ -179,27 +179,13 @@ def initialize_from_preset(pretrainer, preset):
     else:
         source = source_backbone = AIMV2Backbone.from_preset(preset)
         target = pretrainer.backbone
-    values = {w.path: w for w in source.weights}
-    grids = (
-        source_backbone.patch_embedding.grid_size,
-        pretrainer.backbone.patch_embedding.grid_size,
+    copy_weights(
+        source,
+        target,
+        source_backbone,
+        pretrainer.backbone,
+        origin=f"The preset {preset!r}",
     )
-    for weight in target.weights:
-        if weight.path not in values:
-            raise ValueError(
-                f"The preset {preset!r} has no weight {weight.path!r}."
-            )
-        value = keras.ops.convert_to_numpy(values[weight.path])
-        if weight.path.endswith("patch_embedding/position_embedding"):
-            value = resample_position_embedding(value, *grids)
-        if tuple(value.shape) != tuple(weight.shape):
-            raise ValueError(
-                f"The preset {preset!r} holds {weight.path!r} of shape "
-                f"{tuple(value.shape)}, but the recipe's model needs "
-                f"{tuple(weight.shape)}. Only the image size may differ; "
-                "use the preset's architecture and tokenizer."
-            )
-        weight.assign(value)
 
 
 def learning_rate_schedule(training):

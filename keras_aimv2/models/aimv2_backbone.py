@@ -166,19 +166,7 @@ class AIMV2Backbone(Backbone):
             )
         config = {**self.get_config(), "image_shape": image_shape}
         resized = type(self).from_config(config)
-        source_grid = self.patch_embedding.grid_size
-        target_grid = resized.patch_embedding.grid_size
-        for source, target in zip(self.weights, resized.weights, strict=True):
-            if source.path != target.path:
-                raise ValueError(
-                    f"Weights do not line up: {source.path} and {target.path}."
-                )
-            value = keras.ops.convert_to_numpy(source)
-            if source.path.endswith("patch_embedding/position_embedding"):
-                value = resample_position_embedding(
-                    value, source_grid, target_grid
-                )
-            target.assign(value)
+        copy_weights(self, resized, self, resized, origin="this backbone")
         return resized
 
     @classmethod
@@ -225,3 +213,38 @@ class AIMV2Backbone(Backbone):
             }
         )
         return config
+
+
+def copy_weights(source, target, source_backbone, target_backbone, origin):
+    """Assign `source`'s weights to `target`'s, matched by path.
+
+    A learned position embedding is resampled bicubically from the patch
+    grid of `source_backbone` to that of `target_backbone`; every other
+    weight must have the same shape on both sides.
+
+    Args:
+        source: a Keras layer or model holding the weights to copy.
+        target: a Keras layer or model receiving them; each of its weights
+            must exist in `source` under the same path.
+        source_backbone: `AIMV2Backbone` within (or equal to) `source`.
+        target_backbone: `AIMV2Backbone` within (or equal to) `target`.
+        origin: str. Names `source` in error messages.
+    """
+    values = {weight.path: weight for weight in source.weights}
+    grids = (
+        source_backbone.patch_embedding.grid_size,
+        target_backbone.patch_embedding.grid_size,
+    )
+    for weight in target.weights:
+        if weight.path not in values:
+            raise ValueError(f"{origin} has no weight {weight.path!r}.")
+        value = keras.ops.convert_to_numpy(values[weight.path])
+        if weight.path.endswith("patch_embedding/position_embedding"):
+            value = resample_position_embedding(value, *grids)
+        if tuple(value.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"{origin} holds {weight.path!r} of shape "
+                f"{tuple(value.shape)}, but the model needs "
+                f"{tuple(weight.shape)}. Only the image size may differ."
+            )
+        weight.assign(value)
