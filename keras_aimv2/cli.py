@@ -27,36 +27,26 @@ def _parser():
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    pretrain = commands.add_parser(
-        "pretrain",
-        help="Run a recipe; rerun the same command to resume it.",
+    recipe_commands = (
+        ("pretrain", "Run a recipe; rerun the same command to resume it."),
+        (
+            "probe",
+            "Train an attentive probe on an encoder (recipe) and report its "
+            "test top-1 accuracy.",
+        ),
     )
-    pretrain.add_argument("recipe", help="Recipe file or name in recipes/.")
-    pretrain.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="Override recipe entries, e.g. training.steps=100.",
-    )
-    pretrain.add_argument("--output-dir", help="Default: the recipe's.")
-
-    probe = commands.add_parser(
-        "probe",
-        help="Train an attentive probe on an encoder (recipe) and report "
-        "its test top-1 accuracy.",
-    )
-    probe.add_argument("recipe", help="Probe recipe file or name in recipes/.")
-    probe.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="Override recipe entries, e.g. backbone.preset=DIR.",
-    )
-    probe.add_argument("--output-dir", help="Default: the recipe's.")
+    for name, help_text in recipe_commands:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("recipe", help="Recipe file or name in recipes/.")
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            nargs="+",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="Override recipe entries, e.g. training.steps=100.",
+        )
+        command.add_argument("--output-dir", help="Default: the recipe's.")
 
     pictures = commands.add_parser(
         "pictures", help="Draw the pictures of a saved pre-training preset."

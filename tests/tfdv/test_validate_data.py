@@ -347,12 +347,14 @@ def _drifted_examples(count, seed):
     ]
 
 
-def test_drift_of_caption_length_is_flagged(clean_run, tmp_path):
+def _validate_against_reference(clean_run, tmp_path, examples, seed):
     reference = write_dataset(
-        tmp_path / "reference", clean_examples(150, seed=3), split="validation"
+        tmp_path / "reference",
+        clean_examples(150, seed=seed),
+        split="validation",
     )
-    data = write_dataset(tmp_path / "data", _drifted_examples(150, seed=4))
-    status = run_tool(
+    data = write_dataset(tmp_path / "data", examples)
+    return run_tool(
         data,
         "--reference",
         reference,
@@ -360,6 +362,12 @@ def test_drift_of_caption_length_is_flagged(clean_run, tmp_path):
         clean_run["schema"],
         "--output",
         tmp_path / "report",
+    )
+
+
+def test_drift_of_caption_length_is_flagged(clean_run, tmp_path):
+    status = _validate_against_reference(
+        clean_run, tmp_path, _drifted_examples(150, seed=4), seed=3
     )
     report, anomalies = read_outputs(tmp_path / "report")
     assert status == 1
@@ -375,18 +383,8 @@ def test_drift_of_caption_length_is_flagged(clean_run, tmp_path):
 
 
 def test_same_distribution_does_not_drift(clean_run, tmp_path):
-    reference = write_dataset(
-        tmp_path / "reference", clean_examples(150, seed=5), split="validation"
-    )
-    data = write_dataset(tmp_path / "data", clean_examples(150, seed=6))
-    status = run_tool(
-        data,
-        "--reference",
-        reference,
-        "--schema",
-        clean_run["schema"],
-        "--output",
-        tmp_path / "report",
+    status = _validate_against_reference(
+        clean_run, tmp_path, clean_examples(150, seed=6), seed=5
     )
     report, anomalies = read_outputs(tmp_path / "report")
     assert status == 0, report
