@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.validation import check_positive_int
 
 _PATCH_EMBEDDING = re.compile(r"(?:^|/)patch_embedding/")
 _ENCODER_BLOCK = re.compile(r"(?:^|/)encoder/block_(\d+)/")
@@ -95,15 +96,7 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
                 "`layer_decay` must lie in (0, 1]. Received: "
                 f"layer_decay={layer_decay!r}"
             )
-        if (
-            isinstance(num_layers, bool)
-            or not isinstance(num_layers, int)
-            or num_layers < 1
-        ):
-            raise ValueError(
-                "`num_layers` must be a positive int. Received: "
-                f"num_layers={num_layers!r}"
-            )
+        check_positive_int("num_layers", num_layers)
         self.layer_decay = layer_decay
         self.num_layers = num_layers
 

@@ -84,3 +84,11 @@ def check_range(name, x, low, high, meaning):
         if values.min() < low or values.max() > high:
             raise range_error(name, values, low, high, meaning)
     return x
+
+
+def check_positive_int(name, value):
+    """Raise a `ValueError` naming `name` unless `value` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive int. Received: {name}={value!r}"
+        )

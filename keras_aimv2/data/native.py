@@ -28,7 +28,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from keras_aimv2.data._checks import check_positive_int
+from keras_aimv2.validation import check_positive_int
 
 # AIMv2's exponents of the per-batch patch count: 2**7 to 2**12 patches.
 PATCH_EXPONENT_RANGE = (7.0, 12.0)

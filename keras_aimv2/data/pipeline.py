@@ -16,8 +16,8 @@ import time
 
 import tensorflow as tf
 
-from keras_aimv2.data._checks import check_positive_int
 from keras_aimv2.data.shards import read_shards
+from keras_aimv2.validation import check_positive_int
 
 CROP_SCALE = (0.4, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)

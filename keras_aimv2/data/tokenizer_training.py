@@ -18,7 +18,7 @@ import itertools
 import os
 import sys
 
-from keras_aimv2.data._checks import check_positive_int
+from keras_aimv2.validation import check_positive_int
 
 MODEL_TYPES = ("unigram", "bpe")
 

@@ -16,6 +16,7 @@ from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
     AIMV2ImageClassifierPreprocessor,
 )
 from keras_aimv2.optimization import NO_DECAY
+from keras_aimv2.validation import check_positive_int
 
 POOLINGS = ("attention", "mean")
 # The probe's learned query is a class token: it is not decayed either.
@@ -105,15 +106,7 @@ class AIMV2ImageClassifier(ImageClassifier):
         head_dtype=None,
         **kwargs,
     ):
-        if (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, int)
-            or num_classes < 1
-        ):
-            raise ValueError(
-                "`num_classes` must be a positive int. Received: "
-                f"num_classes={num_classes!r}"
-            )
+        check_positive_int("num_classes", num_classes)
         if pooling not in POOLINGS:
             raise ValueError(
                 f"`pooling` must be one of {POOLINGS}. Received: "
