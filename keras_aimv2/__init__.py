@@ -6,6 +6,10 @@ multimodal decoder that regresses the image's patches and then generates its
 caption. This package implements it on JAX, TensorFlow and PyTorch.
 """
 
+from keras_aimv2 import xla_cpu
+
+xla_cpu.configure()
+
 from keras_aimv2 import layers
 from keras_aimv2.configs import BACKBONE_CONFIGS
 from keras_aimv2.configs import DECODER_CONFIGS
