@@ -172,3 +172,29 @@ def test_native_resolution_pretrainer_trains_on_varying_shapes():
     outputs = pretrainer(next(batches()))
     # 32 x 16 pixels in 8-pixel patches: 8 patches, 7 next-patch targets.
     assert tuple(outputs["pixel_predictions"].shape) == (4, 7, 192)
+
+
+def test_remat_trains_exactly_like_keeping_activations(batch):
+    """Recomputing blocks in the backward pass changes memory, not results."""
+    batch = _with_prefix(batch, 6)
+    initial = [to_numpy(w) for w in tiny_pretrainer(seed=3).weights]
+    updated = []
+    for remat in (False, True):
+        model = tiny_pretrainer(seed=3, remat=remat)
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=0.1),
+            jit_compile=keras.config.backend() != "torch",
+        )
+        logs = model.train_on_batch(batch, return_dict=True)
+        updated.append((logs["loss"], [to_numpy(w) for w in model.weights]))
+    assert tiny_pretrainer(remat=True).get_config()["remat"] is True
+    (loss, weights), (remat_loss, remat_weights) = updated
+    assert remat_loss == pytest.approx(loss, rel=1e-5)
+    moved = 0
+    for start, before, after in zip(
+        initial, weights, remat_weights, strict=True
+    ):
+        np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-6)
+        moved += not np.allclose(start, before)
+    # The step moved (nearly) every weight, identically with remat.
+    assert moved >= len(weights) - 2

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_aimv2.api import register
 from keras_aimv2.layers.transformer import build_blocks
+from keras_aimv2.layers.transformer import run_block
 from keras_aimv2.validation import check_range
 
 
@@ -33,6 +34,8 @@ class MultimodalCausalDecoder(keras.layers.Layer):
     Call arguments:
         image_features: float tensor `(batch, num_patches, encoder_width)`.
         token_ids: int tensor `(batch, length)`, `length <= context_length`.
+        remat: bool. Recompute each block in the backward pass (see
+            `run_block`). Defaults to `False`.
 
     Returns:
         Tensor `(batch, num_patches + 1 + length, hidden_dim)`.
@@ -117,7 +120,7 @@ class MultimodalCausalDecoder(keras.layers.Layer):
             f"ids of a vocabulary of {self.vocabulary_size} tokens",
         )
 
-    def call(self, image_features, token_ids):
+    def call(self, image_features, token_ids, remat=False):
         token_ids = self.check_token_ids(token_ids)
         image = self.image_projection(image_features)
         text = self.token_embedding(token_ids)
@@ -130,7 +133,7 @@ class MultimodalCausalDecoder(keras.layers.Layer):
         text = text + ops.cast(positions, text.dtype)[None]
         x = ops.concatenate([image, text], axis=1)
         for block in self.blocks:
-            x = block(x, is_causal=True)
+            x = run_block(block, x, remat, is_causal=True)
         return self.final_norm(x)
 
     def compute_output_shape(self, image_features_shape, token_ids_shape):

@@ -5,6 +5,7 @@ import keras
 from keras_aimv2.api import register
 from keras_aimv2.layers.prefix import prefix_attention_mask
 from keras_aimv2.layers.transformer import build_blocks
+from keras_aimv2.layers.transformer import run_block
 
 
 @register
@@ -23,7 +24,8 @@ class PrefixViTEncoder(keras.layers.Layer):
     outputs, each passed through the final RMSNorm: the shared norm puts
     the residual streams of different depths on the scale of the last
     layer's features, and `feature_layers=(-1,)` is exactly the default
-    output. Blocks after the deepest chosen one are not run.
+    output. Blocks after the deepest chosen one are not run. `remat=True`
+    recomputes each block in the backward pass (see `run_block`).
 
     Args:
         num_layers: int. Number of transformer blocks.
@@ -63,7 +65,9 @@ class PrefixViTEncoder(keras.layers.Layer):
         for layer in (*self.blocks, self.final_norm):
             layer.build(input_shape)
 
-    def call(self, tokens, prefix_lengths=None, feature_layers=None):
+    def call(
+        self, tokens, prefix_lengths=None, feature_layers=None, remat=False
+    ):
         mask = None
         if prefix_lengths is not None:
             mask = prefix_attention_mask(
@@ -72,12 +76,12 @@ class PrefixViTEncoder(keras.layers.Layer):
         x = tokens
         if feature_layers is None:
             for block in self.blocks:
-                x = block(x, attention_mask=mask)
+                x = run_block(block, x, remat, attention_mask=mask)
             return self.final_norm(x)
         chosen = self.check_feature_layers(feature_layers)
         features = []
         for index, block in enumerate(self.blocks[: max(chosen) + 1]):
-            x = block(x, attention_mask=mask)
+            x = run_block(block, x, remat, attention_mask=mask)
             if index in chosen:
                 features.append(self.final_norm(x))
         if len(features) == 1:

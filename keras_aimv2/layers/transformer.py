@@ -76,6 +76,19 @@ class TransformerBlock(keras.layers.Layer):
         return config
 
 
+def run_block(block, x, remat=False, **kwargs):
+    """`block(x, **kwargs)`; with `remat`, recomputed in the backward pass.
+
+    Rematerialization keeps only each block's input for the backward pass
+    and runs the block's forward again there (`keras.remat`: `jax.checkpoint`,
+    `tf.recompute_grad` or `torch.utils.checkpoint`), trading about a third
+    more compute for most of the activation memory.
+    """
+    if not remat:
+        return block(x, **kwargs)
+    return keras.remat(lambda x: block(x, **kwargs))(x)
+
+
 def build_blocks(layer, num_layers, num_heads, intermediate_dim, epsilon):
     """The block stack and final RMSNorm of an encoder or decoder `layer`."""
     blocks = [
