@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,3 +94,41 @@ def test_bad_arguments_are_named():
     process = run_tool("--repeats", "0")
     assert process.returncode == 2
     assert "--repeats must be at least 1; got 0" in process.stderr
+
+
+def test_accelerator_script_runs_in_bfloat16_on_cpu(tmp_path):
+    output = tmp_path / "gpu.json"
+    process = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "benchmark_gpu.py"),
+            "--workload",
+            "tiny",
+            "--min-batch",
+            "2",
+            "--max-batch",
+            "4",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--peak-tflops",
+            "0.2",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(output) as file:
+        result = json.load(file)
+    assert result["backend"] == keras.config.backend()
+    assert result["dtype_policy"] == "mixed_bfloat16"
+    assert result["batch_size"] == 4  # both tried batches fit on a CPU
+    assert result["mfu"] == pytest.approx(
+        result["model_gflops_per_step"] / result["step_ms"] / 0.2, rel=0.02
+    )
+    assert np.isfinite(result["loss"])
