@@ -3,6 +3,7 @@
     aimv2 pretrain recipes/tiny_scenes_cpu.py --set training.steps=200
     aimv2 probe recipes/probe_fashion_mnist.py --set backbone.preset=DIR
     aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
+    aimv2 --backend torch info
     aimv2 build-dataset scenes --num-examples 1000 --output data/scenes
     aimv2 train-tokenizer --captions data/scenes --vocabulary-size 512 ...
 
@@ -48,6 +49,9 @@ def _parser():
         )
         command.add_argument("--output-dir", help="Default: the recipe's.")
 
+    commands.add_parser(
+        "info", help="Print the Keras backend, versions and devices."
+    )
     pictures = commands.add_parser(
         "pictures", help="Draw the pictures of a saved pre-training preset."
     )
@@ -74,6 +78,17 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", args.backend or "jax")
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
+        keras = sys.modules.get("keras")
+        if keras is not None and keras.config.backend() != args.backend:
+            # Importing this module imported Keras with the old backend
+            # (through the package): start again with the chosen one.
+            command = sys.argv[1:] if argv is None else list(argv)
+            os.execv(
+                sys.executable,
+                [sys.executable, "-m", "keras_aimv2.cli", *command],
+            )
+    if args.command == "info":
+        return _info()
     if args.command == "build-dataset":
         from keras_aimv2.data.build import main as build_main
 
@@ -110,6 +125,44 @@ def _run_recipe(command, run, args):
         print(f"aimv2 {command}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _info():
+    import json
+
+    import keras
+    import keras_hub
+
+    import keras_aimv2
+
+    print(
+        json.dumps(
+            {
+                "backend": keras.config.backend(),
+                "keras": keras.__version__,
+                "keras_hub": keras_hub.__version__,
+                "keras_aimv2": keras_aimv2.__version__,
+                "devices": _devices(keras.config.backend()),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _devices(backend):
+    if backend == "torch":
+        import torch
+
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_logical_devices()]
+    import jax
+
+    return [str(d) for d in jax.devices()]
 
 
 def _pictures(args):

@@ -127,3 +127,22 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["pretrain", RECIPE, "--set", "training.stepz=3"]) == 2
     assert "Unknown recipe key 'training.stepz'" in capsys.readouterr().err
+
+
+def test_backend_flag_chooses_the_backend():
+    # `keras_aimv2.cli` imports Keras with $KERAS_BACKEND; --backend must
+    # still win.
+    other = "torch" if keras.config.backend() != "torch" else "jax"
+    code = (
+        "import sys, keras_aimv2.cli as c; sys.argv = ['aimv2'] + sys.argv[1:];"
+        " c.main()"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code, "--backend", other, "info"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": keras.config.backend()},
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert json.loads(process.stdout)["backend"] == other
