@@ -165,10 +165,10 @@ def main(argv=None):
         "batch_size": batch_size,
         "step_ms": round(1000 * seconds, 1),
         "samples_per_s": round(batch_size / seconds, 1),
-        "model_gflops_per_step": round(flops / 1e9, 2),
+        "model_gflops_per_step": round(flops / 1e9, 4),
         "model_tflops_per_s": round(flops / seconds / 1e12, 1),
         "peak_tflops": args.peak_tflops,
-        "mfu": round(flops / seconds / 1e12 / args.peak_tflops, 3),
+        "mfu": round(flops / seconds / 1e12 / args.peak_tflops, 4),
         "loss": round(loss, 4),
     }
     print(json.dumps(result, indent=2))
