@@ -440,17 +440,39 @@ def spawn(worker, variant="", **options):
     }
 
 
+def transformers_latencies(results):
+    """`{workload: encoder ms}` of transformers' reference runs."""
+    return {
+        r["workload"]: r["encoder_ms"]
+        for r in results
+        if r.get("variant") == "transformers"
+    }
+
+
+def check_at_least(parser, args, minimum, *names):
+    """Exit with a usage error naming any option (if given) below `minimum`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            parser.error(
+                f"--{name.replace('_', '-')} must be at least {minimum}; "
+                f"got {value}"
+            )
+
+
+def write_json(data, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as file:
+        json.dump(data, file, indent=2)
+
+
 def summarize(results):
     """Add the machine peak, MFU and inference ratios; return the peak."""
     peak = max(
         (r["matmul_gflops"] for r in results if "matmul_gflops" in r),
         default=None,
     )
-    references = {
-        r["workload"]: r["encoder_ms"]
-        for r in results
-        if r.get("variant") == "transformers"
-    }
+    references = transformers_latencies(results)
     for r in results:
         if peak and "train_gflops_per_s" in r:
             r["mfu"] = round(r["train_gflops_per_s"] / peak, 3)
@@ -477,11 +499,7 @@ def table(results, peak):
         "speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    references = {
-        r["workload"]: r["encoder_ms"]
-        for r in results
-        if r.get("variant") == "transformers"
-    }
+    references = transformers_latencies(results)
     for r in results:
         if (
             r.get("variant") in ("transformers", "pipeline")
@@ -580,19 +598,16 @@ def main(argv=None):
     parser.add_argument("--reference-weights", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in (
+    check_at_least(
+        parser,
+        args,
+        1,
         "repeats",
         "pipeline_batches",
         "pipeline_examples",
         "steps_per_repeat",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(
-                f"--{name.replace('_', '-')} must be at least 1; got {value}"
-            )
-    if args.warmup < 0:
-        parser.error(f"--warmup must be at least 0; got {args.warmup}")
+    )
+    check_at_least(parser, args, 0, "warmup")
     if args.worker:
         worker_main(args)
         return
@@ -644,13 +659,9 @@ def main(argv=None):
     report = table(results, peak)
     print(report)
     if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w") as file:
-            json.dump(
-                {"matmul_peak_gflops": peak, "results": results},
-                file,
-                indent=2,
-            )
+        write_json(
+            {"matmul_peak_gflops": peak, "results": results}, args.output
+        )
         print(f"\nWrote {args.output}", file=sys.stderr)
     if any("error" in r for r in results):
         sys.exit(1)

@@ -17,10 +17,12 @@ backend. `--workload tiny` runs the same code in seconds on a CPU.
 
 import argparse
 import json
-import os
-import statistics
 import sys
-import time
+
+from benchmark import check_at_least
+from benchmark import median_seconds
+from benchmark import synthetic_batch
+from benchmark import write_json
 
 # Before Keras: `keras_aimv2` sets JAX's XLA:CPU flags (xla_cpu.py).
 import keras_aimv2
@@ -39,7 +41,6 @@ def is_out_of_memory(error):
 def make_step(workload, batch_size, seed=0):
     """A mixed-precision pre-trainer and a train-step closure at a batch."""
     import keras
-    import numpy as np
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     backbone_name, decoder_name = WORKLOADS[workload]
@@ -49,22 +50,15 @@ def make_step(workload, batch_size, seed=0):
     pretrainer = keras_aimv2.AIMV2Pretrainer(
         keras_aimv2.AIMV2Backbone(**backbone_config), **decoder_config
     )
-    rng = np.random.default_rng(seed)
-    length = decoder_config["context_length"]
-    batch = {
-        "images": rng.normal(
-            size=(batch_size, *backbone_config["image_shape"])
-        ).astype("float32"),
-        "token_ids": rng.integers(
-            0, decoder_config["vocabulary_size"], (batch_size, length)
-        ).astype("int32"),
-        "padding_mask": np.ones((batch_size, length), bool),
-    }
+    batch = synthetic_batch(backbone_config, decoder_config, batch_size, seed)
+    losses = []
 
     def step():
         logs = pretrainer.train_on_batch(batch, return_dict=True)
-        return float(keras.ops.convert_to_numpy(logs["loss"]))
+        losses.append(float(keras.ops.convert_to_numpy(logs["loss"])))
+        return losses[-1]
 
+    step.losses = losses
     return pretrainer, step, (backbone_config, decoder_config)
 
 
@@ -131,12 +125,10 @@ def main(argv=None):
     )
     parser.add_argument("--output")
     args = parser.parse_args(argv)
-    for name in ("min_batch", "max_batch", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(
-                f"--{name.replace('_', '-')} must be at least 1; "
-                f"got {getattr(args, name)}"
-            )
+    check_at_least(
+        parser, args, 1, "min_batch", "max_batch", "repeats", "batch_size"
+    )
+    check_at_least(parser, args, 0, "warmup")
     if args.peak_tflops <= 0:
         parser.error(f"--peak-tflops must be positive; got {args.peak_tflops}")
 
@@ -148,14 +140,7 @@ def main(argv=None):
         args.workload, args.min_batch, args.max_batch
     )
     pretrainer, step, configs = make_step(args.workload, batch_size)
-    for _ in range(args.warmup):
-        step()
-    timings = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        loss = step()
-        timings.append(time.perf_counter() - start)
-    seconds = statistics.median(timings)
+    seconds, _ = median_seconds(step, args.repeats, args.warmup)
     flops = pretraining_flops(*configs, batch_size)
     result = {
         "backend": keras.config.backend(),
@@ -169,13 +154,11 @@ def main(argv=None):
         "model_tflops_per_s": round(flops / seconds / 1e12, 1),
         "peak_tflops": args.peak_tflops,
         "mfu": round(flops / seconds / 1e12 / args.peak_tflops, 4),
-        "loss": round(loss, 4),
+        "loss": round(step.losses[-1], 4),
     }
     print(json.dumps(result, indent=2))
     if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w") as file:
-            json.dump(result, file, indent=2)
+        write_json(result, args.output)
 
 
 if __name__ == "__main__":
