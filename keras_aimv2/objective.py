@@ -5,11 +5,15 @@
 regresses the normalized pixels of patch `t`, counted only for patches after
 the prefix (`t >= M`); the output at BOS predicts the first text token and
 text position `j` the token `j + 1`. Both losses average over every counted
-patch or token of the batch, as the released trainer does.
+patch or token of the batch, as the released trainer does. Under data
+parallelism the count is the global batch's (`sum_over_replicas`), so each
+replica returns its share of the global average and the combined gradient
+is that of one device seeing the whole batch.
 """
 
 from keras import ops
 
+from keras_aimv2.distribution import sum_over_replicas
 from keras_aimv2.patches import normalize_patches
 from keras_aimv2.patches import patchify
 
@@ -69,4 +73,5 @@ def text_loss_and_accuracy(text_logits, token_ids, padding_mask):
 
 
 def _weighted_mean(values, weights):
-    return ops.sum(values * weights) / ops.maximum(ops.sum(weights), 1.0)
+    count = sum_over_replicas(ops.sum(weights))
+    return ops.sum(values * weights) / ops.maximum(count, 1.0)

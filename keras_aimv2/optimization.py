@@ -2,9 +2,52 @@
 
 import keras
 
+from keras_aimv2.api import register
+
 # Weights that are never decayed: biases, norm scales, position embeddings
 # and the BOS token (AIMv2, Table A1).
 NO_DECAY = ("bias", "scale", "position_embedding", "bos_token")
+
+
+@register
+class AIMV2AdamW(keras.optimizers.AdamW):
+    """Keras's AdamW, clipping the replicas' summed gradients.
+
+    Under `tf.distribute`, Keras clips each replica's gradients before it
+    sums them over the replicas, which is not the clipping of one device
+    seeing the whole batch. This class sums first (the same single
+    all-reduce, moved) and then clips. Elsewhere it is Keras's AdamW: JAX
+    differentiates the global loss, and PyTorch DDP averages the gradients
+    in `backward`, before the optimizer sees them.
+
+    Args: those of `keras.optimizers.AdamW`.
+    """
+
+    # Keras clips (`_clip_gradients`) and then, in `_backend_update_step`,
+    # sums over the replicas (`_all_reduce_sum_gradients`); every update
+    # goes through both, in this order. The sum moves into the first.
+    def _clip_gradients(self, grads):
+        context = _tf_replica_context()
+        if context is not None:
+            grads = context.all_reduce("sum", grads)
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        if _tf_replica_context() is not None:
+            return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
+
+def _tf_replica_context():
+    """The replica context of a multi-replica `tf.distribute` step, or None."""
+    if keras.config.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
 
 
 def aimv2_adamw(
@@ -15,6 +58,7 @@ def aimv2_adamw(
     beta_2=0.95,
     epsilon=1e-8,
     clipnorm=1.0,
+    gradient_accumulation_steps=1,
 ):
     """AdamW as in AIMv2's recipe, with the paper's exclusions from decay.
 
@@ -32,6 +76,8 @@ def aimv2_adamw(
         beta_2: float. Defaults to `0.95`.
         epsilon: float. Defaults to `1e-8`.
         clipnorm: float. Gradient clipping. Defaults to `1.0`.
+        gradient_accumulation_steps: int. Batches whose gradients are
+            averaged into each update. Defaults to `1`.
 
     Example:
 
@@ -44,13 +90,18 @@ def aimv2_adamw(
                 f"schedule. Received: learning_rate={learning_rate!r}"
             )
         peak_learning_rate = learning_rate
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AIMV2AdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay / peak_learning_rate,
         beta_1=beta_1,
         beta_2=beta_2,
         epsilon=epsilon,
         clipnorm=clipnorm,
+        gradient_accumulation_steps=(
+            gradient_accumulation_steps
+            if gradient_accumulation_steps > 1
+            else None
+        ),
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer

@@ -14,6 +14,17 @@ import runpy
 
 SECTIONS = ("backbone", "decoder", "data", "tokenizer", "training")
 
+# Entries a pre-training recipe written before they existed may lack: one
+# device, float32, no accumulation, no rematerialization.
+PRETRAINING_DEFAULTS = {
+    "training": {
+        "dtype_policy": "float32",
+        "gradient_accumulation_steps": 1,
+        "remat": False,
+    },
+    "distribution": {"strategy": "none", "mesh_shape": None},
+}
+
 
 def load_recipe(path):
     """Read `RECIPE` from a recipe file (a path, or a name in `recipes/`).
@@ -75,6 +86,14 @@ def apply_overrides(recipe, overrides):
                 f"here: {sorted(node)}"
             )
         node[leaf] = _literal(text.strip())
+    return recipe
+
+
+def with_pretraining_defaults(recipe):
+    """A copy of a pre-training recipe with `PRETRAINING_DEFAULTS` filled in."""
+    recipe = copy.deepcopy(recipe)
+    for section, defaults in PRETRAINING_DEFAULTS.items():
+        recipe[section] = {**defaults, **(recipe.get(section) or {})}
     return recipe
 
 

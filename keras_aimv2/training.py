@@ -20,6 +20,7 @@ from keras_hub.src.utils.preset_utils import check_config_class
 from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.preset_utils import load_json
 
+from keras_aimv2 import distribution
 from keras_aimv2.data.pipeline import pretraining_dataset
 from keras_aimv2.data.schema_gate import DataValidationError
 from keras_aimv2.data.schema_gate import validate_shards
@@ -37,6 +38,8 @@ from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 from keras_aimv2.optimization import aimv2_adamw
 from keras_aimv2.recipes import backbone_arguments
+from keras_aimv2.recipes import with_pretraining_defaults
+from keras_aimv2.validation import check_positive_int
 
 
 def log(message):
@@ -131,11 +134,28 @@ def check_schema(data, train_dir, eval_dir, tokenizer_path, output_dir):
             log(f"training on {directory} despite anomalies: {report_dir}")
 
 
-def build_pretrainer(recipe, tokenizer_path):
-    """The backbone, preprocessor and pre-training task of a recipe."""
-    keras.utils.set_random_seed(recipe["training"]["seed"])
+def build_pretrainer(recipe, tokenizer_path, distributed=None):
+    """The backbone, preprocessor and pre-training task of a recipe.
+
+    Build it inside `distributed.scope()` when the run is distributed.
+    """
+    training = recipe["training"]
+    keras.utils.set_random_seed(training["seed"])
     tokenizer = AIMV2Tokenizer(proto=tokenizer_path)
-    backbone = AIMV2Backbone(**backbone_arguments(recipe["backbone"]))
+    arguments = backbone_arguments(recipe["backbone"])
+    if distributed is not None and distributed.mesh_shape:
+        distribution.check_shardable(
+            {
+                "hidden_dim": arguments["hidden_dim"],
+                "intermediate_dim": arguments["intermediate_dim"],
+                "decoder_hidden_dim": recipe["decoder"]["decoder_hidden_dim"],
+                "decoder_intermediate_dim": recipe["decoder"][
+                    "decoder_intermediate_dim"
+                ],
+            },
+            distributed.mesh_shape[1],
+        )
+    backbone = AIMV2Backbone(**arguments, dtype=training["dtype_policy"])
     height, width, _ = backbone.image_shape
     preprocessor = AIMV2PretrainerPreprocessor(
         tokenizer=tokenizer,
@@ -145,8 +165,9 @@ def build_pretrainer(recipe, tokenizer_path):
     pretrainer = AIMV2Pretrainer(
         backbone,
         **{**recipe["decoder"], "vocabulary_size": tokenizer.vocabulary_size()},
-        pixel_loss_weight=recipe["training"]["pixel_loss_weight"],
-        seed=recipe["training"]["seed"],
+        pixel_loss_weight=training["pixel_loss_weight"],
+        seed=training["seed"],
+        remat=training["remat"],
         preprocessor=preprocessor,
     )
     initial = (recipe.get("initialize") or {}).get("preset")
@@ -189,15 +210,41 @@ def initialize_from_preset(pretrainer, preset):
 
 
 def learning_rate_schedule(training):
-    """Linear warm-up from 1e-6 to the peak, then cosine to the final rate."""
+    """Linear warm-up from 1e-6 to the peak, then cosine to the final rate.
+
+    `training.steps` and `warmup_steps` count optimizer updates; Keras's
+    schedules count batches, `gradient_accumulation_steps` of them per
+    update.
+    """
     peak = training["peak_learning_rate"]
+    batches = training["gradient_accumulation_steps"]
     warmup = min(training["warmup_steps"], training["steps"] - 1)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=1e-6,
         warmup_target=peak,
-        warmup_steps=warmup,
-        decay_steps=max(training["steps"] - warmup, 1),
+        warmup_steps=warmup * batches,
+        decay_steps=max(training["steps"] - warmup, 1) * batches,
         alpha=training["final_learning_rate"] / peak,
+    )
+
+
+def compile_pretrainer(pretrainer, training):
+    """Compile with the recipe's AdamW, schedule and gradient accumulation.
+
+    With `gradient_accumulation_steps` `N > 1`, each update averages the
+    gradients of `N` consecutive batches: the effective batch is `N *
+    batch_size`.
+    """
+    accumulation = training["gradient_accumulation_steps"]
+    check_positive_int("training.gradient_accumulation_steps", accumulation)
+    pretrainer.compile(
+        optimizer=aimv2_adamw(
+            learning_rate=learning_rate_schedule(training),
+            peak_learning_rate=training["peak_learning_rate"],
+            weight_decay=training["weight_decay"],
+            clipnorm=training["clipnorm"],
+            gradient_accumulation_steps=accumulation,
+        )
     )
 
 
@@ -231,6 +278,10 @@ def _datasets(recipe, train_dir, eval_dir):
 def pretrain(recipe, output_dir=None):
     """Run a recipe end to end; returns the summary written to metrics.json.
 
+    The recipe's `distribution` section picks the strategy (see
+    `keras_aimv2.distribution`). With several processes every process runs
+    this function; process 0 writes the logs, presets and pictures.
+
     Args:
         recipe: dict. A recipe (see `keras_aimv2.recipes`).
         output_dir: str or `None`. Where everything is written; defaults to
@@ -238,83 +289,82 @@ def pretrain(recipe, output_dir=None):
             resumes an interrupted run from its last saved epoch.
     """
     started = time.time()
+    recipe = with_pretraining_defaults(recipe)
+    # First: several processes must meet before any computation.
+    distributed = distribution.setup(**recipe["distribution"])
     output_dir = output_dir or recipe["output_dir"]
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "recipe.json"), "w") as file:
-        json.dump(recipe, file, indent=2, default=str)
+    with distributed.scope():
+        return _pretrain(recipe, output_dir, distributed, started)
+
+
+def _pretrain(recipe, output_dir, distributed, started):
     training = recipe["training"]
+    # Processes other than 0 build their (identical, seeded) data and
+    # tokenizer in a folder of their own instead of racing for one.
+    work_dir = output_dir
+    if not distributed.is_chief:
+        work_dir = os.path.join(
+            output_dir, "processes", str(distributed.process_index)
+        )
+    os.makedirs(work_dir, exist_ok=True)
+    with open(os.path.join(work_dir, "recipe.json"), "w") as file:
+        json.dump(recipe, file, indent=2, default=str)
     log(
         f"recipe {recipe['name']!r} on {keras.config.backend()} -> {output_dir}"
     )
+    train_dir, eval_dir = prepare_data(recipe["data"], work_dir)
+    tokenizer_path = prepare_tokenizer(recipe["tokenizer"], train_dir, work_dir)
+    check_schema(recipe["data"], train_dir, eval_dir, tokenizer_path, work_dir)
 
-    train_dir, eval_dir = prepare_data(recipe["data"], output_dir)
-    tokenizer_path = prepare_tokenizer(
-        recipe["tokenizer"], train_dir, output_dir
-    )
-    check_schema(
-        recipe["data"], train_dir, eval_dir, tokenizer_path, output_dir
-    )
-    pretrainer = build_pretrainer(recipe, tokenizer_path)
-    pretrainer.compile(
-        optimizer=aimv2_adamw(
-            learning_rate=learning_rate_schedule(training),
-            peak_learning_rate=training["peak_learning_rate"],
-            weight_decay=training["weight_decay"],
-            clipnorm=training["clipnorm"],
-        )
-    )
+    pretrainer = build_pretrainer(recipe, tokenizer_path, distributed)
+    compile_pretrainer(pretrainer, training)
+    distributed.wrap(pretrainer)
     log(
         f"encoder {pretrainer.backbone.count_params():,} parameters, "
-        f"pre-training model {pretrainer.count_params():,}"
+        f"pre-training model {pretrainer.count_params():,}; "
+        f"{_describe(distributed)}"
     )
     train, evaluation = _datasets(recipe, train_dir, eval_dir)
+    train = distributed.distribute_dataset(train)
+    if evaluation is not None:
+        evaluation = distributed.distribute_dataset(evaluation)
     held_out = {}
     if evaluation is not None:
         # Before `fit` restores a backup: the recipe's initial weights.
         held_out["untrained"] = _evaluate(pretrainer, evaluation)
-    epochs = math.ceil(training["steps"] / training["steps_per_epoch"])
-    backup_dir = os.path.join(output_dir, "backup")
-    if os.path.isdir(backup_dir) and os.listdir(backup_dir):
-        log(f"resuming from the last saved epoch in {backup_dir}")
     logs_dir = os.path.join(output_dir, "logs")
-    checkpoints = os.path.join(output_dir, "checkpoints")
-    os.makedirs(logs_dir, exist_ok=True)
-    os.makedirs(checkpoints, exist_ok=True)
     pretrainer.fit(
         train,
-        epochs=epochs,
-        steps_per_epoch=training["steps_per_epoch"],
+        epochs=math.ceil(training["steps"] / training["steps_per_epoch"]),
+        # `fit` counts batches: `gradient_accumulation_steps` per update.
+        steps_per_epoch=(
+            training["steps_per_epoch"]
+            * training["gradient_accumulation_steps"]
+        ),
         validation_data=evaluation,
-        verbose=training["verbose"],
-        callbacks=[
-            keras.callbacks.BackupAndRestore(
-                backup_dir, delete_checkpoint=False
-            ),
-            keras.callbacks.CSVLogger(
-                os.path.join(logs_dir, "training.csv"), append=True
-            ),
-            keras.callbacks.TensorBoard(os.path.join(logs_dir, "tensorboard")),
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(checkpoints, "latest.weights.h5"),
-                save_weights_only=True,
-            ),
-        ],
+        verbose=training["verbose"] if distributed.is_chief else 0,
+        callbacks=_callbacks(work_dir, logs_dir, distributed.is_chief),
     )
+    if evaluation is not None:
+        held_out["trained"] = _evaluate(pretrainer, evaluation)
+    steps = int(keras.ops.convert_to_numpy(pretrainer.optimizer.iterations))
+    # Every process takes part in gathering sharded weights.
+    pretrainer = distributed.local_copy(pretrainer)
+    if not distributed.is_chief:
+        log("done; process 0 writes the presets and pictures")
+        return {"process_index": distributed.process_index}
+
     preset_dir = os.path.join(output_dir, "preset")
     pretrainer.backbone.save_to_preset(os.path.join(preset_dir, "backbone"))
     pretrainer.save_to_preset(os.path.join(preset_dir, "pretrainer"))
     log(f"saved presets in {preset_dir}")
-
     summary = {
         "recipe": recipe["name"],
         "backend": keras.config.backend(),
-        "steps": int(
-            keras.ops.convert_to_numpy(pretrainer.optimizer.iterations)
-        ),
+        "steps": steps,
         "presets": preset_dir,
     }
     if evaluation is not None:
-        held_out["trained"] = _evaluate(pretrainer, evaluation)
         summary["held_out"] = held_out
         from keras_aimv2.visualize import draw_pictures
 
@@ -329,6 +379,46 @@ def pretrain(recipe, output_dir=None):
         json.dump(summary, file, indent=2)
     log(json.dumps(summary, indent=2))
     return summary
+
+
+def _callbacks(work_dir, logs_dir, is_chief):
+    """Backups in every process (each resumes from its own); logs on 0."""
+    backup_dir = os.path.join(work_dir, "backup")
+    if os.path.isdir(backup_dir) and os.listdir(backup_dir):
+        log(f"resuming from the last saved epoch in {backup_dir}")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False)
+    ]
+    if not is_chief:
+        return callbacks
+    checkpoints = os.path.join(work_dir, "checkpoints")
+    os.makedirs(logs_dir, exist_ok=True)
+    os.makedirs(checkpoints, exist_ok=True)
+    return callbacks + [
+        keras.callbacks.CSVLogger(
+            os.path.join(logs_dir, "training.csv"), append=True
+        ),
+        keras.callbacks.TensorBoard(os.path.join(logs_dir, "tensorboard")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "latest.weights.h5"),
+            save_weights_only=True,
+        ),
+    ]
+
+
+def _describe(distributed):
+    text = (
+        f"strategy {distributed.strategy!r}, "
+        f"{distributed.num_replicas} replica(s)"
+    )
+    if distributed.mesh_shape:
+        text += f", mesh {distributed.mesh_shape} (data, model)"
+    if distributed.process_count > 1:
+        text += (
+            f", process {distributed.process_index} of "
+            f"{distributed.process_count}"
+        )
+    return text
 
 
 def _evaluate(pretrainer, evaluation):

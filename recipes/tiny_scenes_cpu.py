@@ -56,6 +56,17 @@ RECIPE = {
         "pixel_loss_weight": 0.4,
         "seed": 0,
         "verbose": 1,
+        # Mixed precision: "mixed_bfloat16" computes in bfloat16 and keeps
+        # float32 weights and losses.
+        "dtype_policy": "float32",
+        # Batches averaged into each update (effective batch: this times
+        # batch_size); `steps` counts updates.
+        "gradient_accumulation_steps": 1,
+        # Recompute block activations in the backward pass to save memory.
+        "remat": False,
     },
+    # `keras_aimv2.distribution`: "none", "data_parallel" (every device a
+    # replica) or "sharded" (JAX: weights split over a (data, model) mesh).
+    "distribution": {"strategy": "none", "mesh_shape": None},
     "output_dir": "runs/tiny_scenes_cpu",
 }

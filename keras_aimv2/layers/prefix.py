@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.distribution import replica
 from keras_aimv2.validation import check_range
 
 
@@ -39,6 +40,9 @@ class PrefixSampler(keras.layers.Layer):
     training the draw changes at every step (a `keras.random.SeedGenerator`,
     which also works under `jit`); in inference it uses the fixed
     `evaluation_seed`, so validation losses are comparable between runs.
+    Under data parallelism each replica takes its own slice of one draw for
+    the global batch: no two replicas draw the same prefixes, and the draws
+    are those of one device seeing the whole batch.
     Explicit lengths, when passed, are checked and returned instead.
 
     Args:
@@ -81,13 +85,18 @@ class PrefixSampler(keras.layers.Layer):
         if num_tokens is None:
             num_tokens = ops.shape(tokens)[1]
         seed = self.seed_generator if training else self.evaluation_seed
-        return keras.random.randint(
-            (ops.shape(tokens)[0],),
+        batch = ops.shape(tokens)[0]
+        index, count = replica()
+        draws = keras.random.randint(
+            (batch * count,),
             minval=1,
             maxval=num_tokens,
             dtype="int32",
             seed=seed,
         )
+        if count == 1:
+            return draws
+        return ops.slice(draws, (index * batch,), (batch,))
 
     def compute_output_shape(self, tokens_shape, prefix_lengths_shape=None):
         return (tokens_shape[0],)

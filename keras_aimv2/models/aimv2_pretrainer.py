@@ -1,9 +1,11 @@
 """AIMv2 pre-training: encoder, multimodal decoder, heads and objective."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 from keras_hub.models import Task
 
+from keras_aimv2 import distribution
 from keras_aimv2 import objective
 from keras_aimv2.api import register
 from keras_aimv2.layers.decoder import MultimodalCausalDecoder
@@ -242,13 +244,48 @@ class AIMV2Pretrainer(Task):
         text_loss, text_accuracy = objective.text_loss_and_accuracy(
             y_pred["text_logits"], x["token_ids"], x["padding_mask"]
         )
-        self.pixel_loss_tracker.update_state(pixel_loss)
-        self.text_loss_tracker.update_state(text_loss)
-        self.text_accuracy_tracker.update_state(text_accuracy)
+        # Each value is this replica's share of the global batch's average
+        # (`objective`): the replicas' shares sum to it.
+        self.pixel_loss_tracker.update_state(distribution.tracked(pixel_loss))
+        self.text_loss_tracker.update_state(distribution.tracked(text_loss))
+        self.text_accuracy_tracker.update_state(
+            distribution.tracked(text_accuracy)
+        )
         loss = text_loss + self.pixel_loss_weight * pixel_loss
         if self.losses:
-            loss = loss + ops.sum(self.losses)
-        return loss
+            loss = loss + ops.sum(self.losses) / distribution.replica()[1]
+        return distribution.returned_loss(loss, training)
+
+    def train_step(self, *args, **kwargs):
+        ddp = distribution.torch_ddp(self)
+        if ddp is None:
+            return super().train_step(*args, **kwargs)
+        return self._torch_ddp_train_step(ddp, *args, **kwargs)
+
+    def _torch_ddp_train_step(self, ddp, data):
+        """Keras's PyTorch training step, with the forward pass under DDP.
+
+        `DistributedDataParallel` averages the gradients of the processes
+        during `backward`, so the optimizer applies the global gradient.
+        """
+        import torch
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = ddp(x, training=True)
+        self.zero_grad()
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        share = loss.detach() / distribution.replica()[1]
+        self._loss_tracker.update_state(
+            distribution.tracked(share), sample_weight=len(x["images"])
+        )
+        loss = self.optimizer.scale_loss(loss)
+        loss.backward()
+        variables = self.trainable_weights[:]
+        with torch.no_grad():
+            self.optimizer.apply([v.value.grad for v in variables], variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         data = super().preprocess_samples(x, y=y, sample_weight=sample_weight)
@@ -256,6 +293,9 @@ class AIMV2Pretrainer(Task):
         if isinstance(x, dict) and "token_ids" in x:
             x = dict(x)
             x["token_ids"] = self.decoder.check_token_ids(x["token_ids"])
+            # An integer mask: under tf.distribute, Keras builds the model
+            # on the replicas' mean of a first batch, and bools have none.
+            x["padding_mask"] = tf.cast(x["padding_mask"], "int32")
             num_patches = self.backbone.patch_embedding.compute_output_shape(
                 x["images"].shape
             )[1]
