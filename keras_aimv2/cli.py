@@ -1,6 +1,7 @@
 """The `aimv2` command: pre-train, probe, draw pictures, build data, tokenizers.
 
     aimv2 pretrain recipes/tiny_scenes_cpu.py --set training.steps=200
+    aimv2 pretrain recipes/aimv2_1b.py --strategy sharded --mesh-shape 8,8
     aimv2 probe recipes/probe_fashion_mnist.py --set backbone.preset=DIR
     aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
     aimv2 --backend torch info
@@ -48,6 +49,19 @@ def _parser():
             help="Override recipe entries, e.g. training.steps=100.",
         )
         command.add_argument("--output-dir", help="Default: the recipe's.")
+        if name == "pretrain":
+            command.add_argument(
+                "--strategy",
+                choices=("none", "data_parallel", "sharded"),
+                help="Distribution (distribution.strategy): one device, "
+                "every device a replica, or (JAX) weights split over a mesh.",
+            )
+            command.add_argument(
+                "--mesh-shape",
+                metavar="DATA,MODEL",
+                help="Device mesh of --strategy sharded, e.g. 2,4 "
+                "(distribution.mesh_shape).",
+            )
 
     commands.add_parser(
         "info", help="Print the Keras backend, versions and devices."
@@ -114,8 +128,18 @@ def _run_recipe(command, run, args):
     from keras_aimv2.recipes import apply_overrides
     from keras_aimv2.recipes import load_recipe
 
+    overrides = list(args.overrides)
+    if getattr(args, "strategy", None):
+        overrides.append(f"distribution.strategy={args.strategy}")
+    if getattr(args, "mesh_shape", None):
+        overrides.append(f"distribution.mesh_shape=({args.mesh_shape})")
     try:
-        recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
+        recipe = apply_overrides(load_recipe(args.recipe), overrides)
+        if command == "pretrain":
+            from keras_aimv2.distribution import check_strategy
+            from keras_aimv2.recipes import with_pretraining_defaults
+
+            check_strategy(**with_pretraining_defaults(recipe)["distribution"])
     except ValueError as error:
         print(f"aimv2 {command}: {error}", file=sys.stderr)
         return 2

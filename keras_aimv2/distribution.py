@@ -441,7 +441,8 @@ def per_device_bytes(
 
     Computed from the variables' shapes and dtypes and the layout that
     `strategy` gives them, without touching their values, so a model built
-    inside `keras.StatelessScope()` (no memory allocated) can be measured.
+    without memory (PyTorch backend, `with keras.device("meta"):`) can be
+    measured.
 
     Args:
         model: a built `keras.Model`.

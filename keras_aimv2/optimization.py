@@ -1,6 +1,7 @@
 """The AIMv2 optimizer: AdamW with fully decoupled weight decay."""
 
 import keras
+from keras import ops
 
 from keras_aimv2.api import register
 
@@ -36,6 +37,42 @@ class AIMV2AdamW(keras.optimizers.AdamW):
         if _tf_replica_context() is not None:
             return list(grads_and_vars)
         return super()._all_reduce_sum_gradients(grads_and_vars)
+
+
+@register
+class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule over updates, under gradient accumulation.
+
+    Keras reads a schedule at every batch; with `batches_per_update`
+    batches accumulated into each update, this one reads `schedule` at the
+    update's index, so that the schedule is the same with or without
+    accumulation.
+
+    Args:
+        schedule: `keras.optimizers.schedules.LearningRateSchedule`.
+        batches_per_update: int. Batches accumulated into one update.
+    """
+
+    def __init__(self, schedule, batches_per_update):
+        self.schedule = schedule
+        self.batches_per_update = batches_per_update
+
+    def __call__(self, step):
+        return self.schedule(ops.floor_divide(step, self.batches_per_update))
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "batches_per_update": self.batches_per_update,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(
+            config["schedule"]
+        )
+        return cls(**config)
 
 
 def _tf_replica_context():
@@ -77,7 +114,8 @@ def aimv2_adamw(
         epsilon: float. Defaults to `1e-8`.
         clipnorm: float. Gradient clipping. Defaults to `1.0`.
         gradient_accumulation_steps: int. Batches whose gradients are
-            averaged into each update. Defaults to `1`.
+            averaged into each update; a schedule is then read per update
+            (`PerUpdateSchedule`). Defaults to `1`.
 
     Example:
 
@@ -90,6 +128,13 @@ def aimv2_adamw(
                 f"schedule. Received: learning_rate={learning_rate!r}"
             )
         peak_learning_rate = learning_rate
+    accumulate = gradient_accumulation_steps > 1
+    if accumulate and isinstance(
+        learning_rate, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        learning_rate = PerUpdateSchedule(
+            learning_rate, gradient_accumulation_steps
+        )
     optimizer = AIMV2AdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay / peak_learning_rate,
@@ -98,9 +143,7 @@ def aimv2_adamw(
         epsilon=epsilon,
         clipnorm=clipnorm,
         gradient_accumulation_steps=(
-            gradient_accumulation_steps
-            if gradient_accumulation_steps > 1
-            else None
+            gradient_accumulation_steps if accumulate else None
         ),
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))

@@ -212,18 +212,16 @@ def initialize_from_preset(pretrainer, preset):
 def learning_rate_schedule(training):
     """Linear warm-up from 1e-6 to the peak, then cosine to the final rate.
 
-    `training.steps` and `warmup_steps` count optimizer updates; Keras's
-    schedules count batches, `gradient_accumulation_steps` of them per
-    update.
+    Steps count optimizer updates (`aimv2_adamw` reads the schedule per
+    update under gradient accumulation).
     """
     peak = training["peak_learning_rate"]
-    batches = training["gradient_accumulation_steps"]
     warmup = min(training["warmup_steps"], training["steps"] - 1)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=1e-6,
         warmup_target=peak,
-        warmup_steps=warmup * batches,
-        decay_steps=max(training["steps"] - warmup, 1) * batches,
+        warmup_steps=warmup,
+        decay_steps=max(training["steps"] - warmup, 1),
         alpha=training["final_learning_rate"] / peak,
     )
 
