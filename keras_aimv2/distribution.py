@@ -30,6 +30,7 @@ the whole batch.
 import contextlib
 import math
 import os
+import re
 import weakref
 
 import keras
@@ -99,8 +100,6 @@ def layout_map(device_mesh):
 
 def sharded_axis(path):
     """Axis of the weight at `path` split under "sharded", or `None`."""
-    import re
-
     for pattern, axis in SHARDED_WEIGHTS.items():
         if re.fullmatch(pattern, path):
             return axis
@@ -363,8 +362,9 @@ def replica():
     """`(index, count)` of this replica among those combining gradients.
 
     On JAX a step is one global program: `(0, 1)`. Under `tf.distribute`
-    the replica context's id (a tensor) and size; under PyTorch DDP the
-    process rank and count.
+    the replica context's id (a tensor) and size; under PyTorch, once a
+    model is wrapped in DDP (`Distributed.wrap`), the process rank and
+    count.
     """
     backend = keras.config.backend()
     if backend == "tensorflow":
@@ -379,7 +379,7 @@ def replica():
     elif backend == "torch":
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        if len(_TORCH_DDP) and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

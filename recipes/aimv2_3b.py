@@ -3,6 +3,11 @@
 The AIMv2-L recipe (see aimv2_large.py) with the 3B encoder and a peak
 learning rate of 4e-4. Expected: ImageNet-1k attentive probe 88.5% top-1 at
 224 pixels.
+
+Its float32 weights, gradients and AdamW moments take one device's memory
+under data parallelism (see the README's table); on JAX, split them over a
+mesh instead: `aimv2 pretrain recipes/aimv2_3b.py --strategy sharded
+--mesh-shape 1,8`.
 """
 
 import os

@@ -11,6 +11,7 @@ step: TensorFlow's sparse embedding gradients show one such value).
 """
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -176,43 +177,65 @@ def test_torch_ddp_with_two_gloo_processes_matches_one(tmp_path):
         assert_same_training(single, results["data_parallel"][process])
 
 
-@only_on("torch")
-def test_torchrun_pretrain_writes_presets_from_process_0(tmp_path):
+def _small_pretrain(tmp_path, *extra, environment=None, launcher=()):
+    """`aimv2 pretrain` of a small tiny_scenes_cpu in fresh processes."""
     from test_cli import RECIPE
     from test_cli import SMALL
 
     output = str(tmp_path / "run")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        f"--master-port={_free_port()}",
-        "-m",
-        "keras_aimv2.cli",
-        "pretrain",
-        RECIPE,
-        "--strategy",
-        "data_parallel",
-        "--output-dir",
-        output,
-        "--set",
-        *SMALL,
-        "data.train_examples=32",
-        "training.steps=2",
-        "training.steps_per_epoch=2",
-    ]
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [*launcher] or [sys.executable]
+    command += ["-m", "keras_aimv2.cli", "pretrain", RECIPE, *extra]
+    command += ["--output-dir", output, "--set", *SMALL]
+    command += ["data.train_examples=32", "training.steps=2"]
+    command += ["training.steps_per_epoch=2"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", **(environment or {}))
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env=environment
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert os.path.isdir(os.path.join(output, "preset", "pretrainer"))
-    assert os.path.isfile(os.path.join(output, "metrics.json"))
-    assert os.path.isdir(os.path.join(output, "processes", "1", "backup"))
+    metrics = os.path.join(output, "metrics.json")
+    with open(metrics) as file:
+        assert json.load(file)["steps"] == 2
+    return output, completed.stdout
+
+
+@only_on("jax")
+def test_pretrain_sharded_over_two_jax_devices(tmp_path):
+    flags = "--xla_force_host_platform_device_count=2"
+    _, stdout = _small_pretrain(
+        tmp_path,
+        "--strategy",
+        "sharded",
+        "--mesh-shape",
+        "1,2",
+        environment={"XLA_FLAGS": flags},
+    )
+    assert "strategy 'sharded', 1 replica(s), mesh (1, 2)" in stdout
+
+
+@only_on("tensorflow")
+def test_pretrain_under_mirrored_strategy(tmp_path):
+    _, stdout = _small_pretrain(tmp_path, "--strategy", "data_parallel")
+    assert "strategy 'data_parallel', 1 replica(s)" in stdout
+
+
+@only_on("torch")
+def test_torchrun_pretrain_writes_presets_from_process_0(tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run"]
+    launcher += ["--nproc-per-node=2", f"--master-port={_free_port()}"]
+    output, stdout = _small_pretrain(
+        tmp_path, "--strategy", "data_parallel", launcher=launcher
+    )
+    other = os.path.join(output, "processes", "1")
+    assert os.path.isdir(os.path.join(other, "backup"))
     assert not os.path.exists(os.path.join(output, "processes", "0"))
-    assert "process 0 of 2" in completed.stdout
-    assert "process 1 of 2" in completed.stdout
+    # Process 1 built the same data and tokenizer in its own folder.
+    for name in ("tokenizer.model", "data/train/manifest.json"):
+        with open(os.path.join(output, name), "rb") as mine:
+            with open(os.path.join(other, name), "rb") as theirs:
+                assert mine.read() == theirs.read(), name
+    assert "process 0 of 2" in stdout and "process 1 of 2" in stdout
 
 
 def _free_port():
@@ -364,3 +387,23 @@ def test_cli_strategy_flags_set_the_recipe(capsys):
     assert main(arguments + ["--mesh-shape", "2,4"]) == 2
     assert "strategy='sharded' only" in capsys.readouterr().err
     assert main(["pretrain", "tiny_scenes_cpu", "--mesh-shape", "2,x"]) == 2
+
+
+@only_on("torch")
+def test_memory_table_sums_the_layouts_of_a_meta_device_model():
+    import importlib.util
+
+    path = os.path.join(ROOT, "tools", "memory_table.py")
+    spec = importlib.util.spec_from_file_location("memory_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    replicated, sharded = table.memory_rows(["tiny"], [8])
+    real = tiny_pretrainer()
+    expected = distribution.per_device_bytes(real)
+    trainable = 4 * sum(int(np.prod(v.shape)) for v in real.trainable_weights)
+    assert replicated["weights_gib"] * table.GIB == expected["parameters"]
+    assert replicated["gradients_gib"] * table.GIB == trainable
+    assert replicated["adamw_gib"] == 2 * replicated["gradients_gib"]
+    assert sharded["strategy"] == "sharded, model axis 8"
+    assert 0.12 < sharded["total_gib"] / replicated["total_gib"] < 0.2
+    assert "| tiny |" in table.markdown([replicated, sharded])

@@ -40,7 +40,11 @@ def _arguments(argv=None):
     )
     parser.add_argument("--mesh-shape", help="data,model of 'sharded'")
     parser.add_argument("--steps", type=int, default=3, help="Updates.")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="Global batch (default 8, or the recipe's).",
+    )
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--dtype-policy", default="float32")
     parser.add_argument("--remat", action="store_true")
@@ -50,7 +54,9 @@ def _arguments(argv=None):
         help="Give every example prefix length 2 and a full caption.",
     )
     parser.add_argument(
-        "--config", default="tiny", help="BACKBONE_CONFIGS size (tiny)."
+        "--recipe",
+        help="Take the model and batch size from this recipe (e.g. "
+        "tiny_scenes_cpu) instead of the tiny test configuration.",
     )
     parser.add_argument(
         "--cpu-devices",
@@ -155,12 +161,12 @@ def _configure_devices(args):
         torch.set_num_threads(args.threads)
 
 
-def synthetic_batches(args, backbone, decoder):
+def synthetic_batches(args, batch_size, backbone, decoder):
     """Fixed batches: random images, captions of random length."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    count = args.steps * args.batch_size * args.gradient_accumulation_steps
+    count = args.steps * batch_size * args.gradient_accumulation_steps
     height, width, channels = backbone["image_shape"]
     length = decoder["context_length"]
     real = rng.integers(2, length + 1, size=count)
@@ -199,6 +205,28 @@ class StepRecorder:
         self.callback = Callback()
 
 
+def _model(args):
+    """Backbone and decoder arguments and the global batch size."""
+    import keras_aimv2
+    from keras_aimv2.recipes import backbone_arguments
+    from keras_aimv2.recipes import load_recipe
+
+    if not args.recipe:
+        backbone = keras_aimv2.BACKBONE_CONFIGS["tiny"]
+        return (
+            backbone,
+            keras_aimv2.DECODER_CONFIGS["tiny"],
+            args.batch_size or 8,
+        )
+    recipe = load_recipe(args.recipe)
+    decoder = dict(
+        recipe["decoder"],
+        vocabulary_size=recipe["tokenizer"]["vocabulary_size"],
+    )
+    batch_size = args.batch_size or recipe["training"]["batch_size"]
+    return backbone_arguments(recipe["backbone"]), decoder, batch_size
+
+
 def run(args, strategy):
     import keras
     import numpy as np
@@ -208,8 +236,7 @@ def run(args, strategy):
     from keras_aimv2 import distribution
     from keras_aimv2.training import compile_pretrainer
 
-    backbone_config = keras_aimv2.BACKBONE_CONFIGS[args.config]
-    decoder_config = keras_aimv2.DECODER_CONFIGS["tiny"]
+    backbone_config, decoder_config, batch_size = _model(args)
     mesh_shape = None
     if strategy == "sharded" and args.mesh_shape:
         mesh_shape = tuple(int(n) for n in args.mesh_shape.split(","))
@@ -223,9 +250,11 @@ def run(args, strategy):
         "clipnorm": 1.0,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }
-    batches = synthetic_batches(args, backbone_config, decoder_config)
+    batches = synthetic_batches(
+        args, batch_size, backbone_config, decoder_config
+    )
     dataset = tf.data.Dataset.from_tensor_slices(batches)
-    dataset = dataset.batch(args.batch_size, drop_remainder=True).repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=True).repeat()
     recorder = StepRecorder()
     with distributed.scope():
         keras.utils.set_random_seed(0)
@@ -246,6 +275,7 @@ def run(args, strategy):
         )
     result = {f"metric/{k}": np.array(v) for k, v in recorder.values.items()}
     result["step_seconds"] = np.array(recorder.seconds)
+    result["global_batch"] = np.array(batch_size)
     result["num_replicas"] = np.array(distributed.num_replicas)
     result["process_count"] = np.array(distributed.process_count)
     if keras.config.backend() == "jax" and strategy != "none":
