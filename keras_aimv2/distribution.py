@@ -7,8 +7,9 @@ One switch, `strategy`, takes a recipe from one device to many:
   slice of the global batch; gradients are combined by the backend. JAX:
   `keras.distribution.DataParallel` over every device of every process.
   TensorFlow: `tf.distribute.TPUStrategy` on a TPU,
-  `MultiWorkerMirroredStrategy` when `TF_CONFIG` names several workers,
-  else `MirroredStrategy` over the GPUs (or the CPUs when there is none).
+  `MultiWorkerMirroredStrategy` when `TF_CONFIG` names several workers
+  (refused under Keras 3.15.1, whose `fit` fails there), else
+  `MirroredStrategy` over the GPUs (or the CPUs when there is none).
   PyTorch: `DistributedDataParallel`, one process per device, started by
   `torchrun`.
 - `"sharded"` (JAX): `keras.distribution.ModelParallel` on a
@@ -210,17 +211,31 @@ class Distributed:
 
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
         workers = cluster.get("cluster", {}).get("worker", [])
-        if os.environ.get("TPU_NAME") or tf.config.list_logical_devices("TPU"):
+        # Collective ops must be set up before anything starts TensorFlow's
+        # runtime (listing logical devices does): multi-worker first.
+        if len(workers) > 1:
+            if keras.version() == "3.15.1":
+                # Its TensorFlow trainer reduces each step's scalar logs
+                # over the workers along an axis 0 they lack.
+                raise ValueError(
+                    "TF_CONFIG names several workers, but Keras 3.15.1's "
+                    "`fit` fails under MultiWorkerMirroredStrategy "
+                    "(`reduce_per_replica` reduces scalar logs along axis "
+                    "0). Train on several hosts with the JAX or PyTorch "
+                    "backend."
+                )
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            self.process_index = cluster.get("task", {}).get("index", 0)
+            self.process_count = len(workers)
+        elif os.environ.get("TPU_NAME") or tf.config.list_physical_devices(
+            "TPU"
+        ):
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
                 tpu=os.environ.get("TPU_NAME", "local")
             )
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
             strategy = tf.distribute.TPUStrategy(resolver)
-        elif len(workers) > 1:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            self.process_index = cluster.get("task", {}).get("index", 0)
-            self.process_count = len(workers)
         else:
             devices = tf.config.list_logical_devices("GPU")
             devices = devices or tf.config.list_logical_devices("CPU")

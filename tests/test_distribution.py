@@ -371,6 +371,18 @@ def test_bad_strategies_and_meshes_are_clear_errors():
             distribution.setup("sharded")
 
 
+@only_on("tensorflow")
+def test_several_tensorflow_workers_are_refused_under_keras_3_15_1(
+    monkeypatch,
+):
+    workers = ["localhost:1", "localhost:2"]
+    config = {"cluster": {"worker": workers}, "task": {"index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    if keras.version() == "3.15.1":
+        with pytest.raises(ValueError, match="JAX or PyTorch"):
+            distribution.setup("data_parallel")
+
+
 def test_one_device_runs_are_untouched_by_the_distribution_code():
     distributed = distribution.setup("none")
     assert distributed.num_replicas == 1 and distributed.is_chief

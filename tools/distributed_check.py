@@ -13,7 +13,7 @@ and the scaling benchmark read what it writes.
     python tools/distributed_check.py --backend tensorflow --cpu-devices 4 \\
         --strategies none data_parallel --output r
     # 2 local processes (torchrun for PyTorch, keras.distribution.initialize
-    # for JAX), after a one-process run in each
+    # for JAX), after a one-process run
     python tools/distributed_check.py --backend torch --processes 2 \\
         --strategies none data_parallel --output r
 

@@ -1,7 +1,6 @@
 """AIMv2 pre-training: encoder, multimodal decoder, heads and objective."""
 
 import keras
-import tensorflow as tf
 from keras import ops
 from keras_hub.models import Task
 
@@ -256,6 +255,25 @@ class AIMV2Pretrainer(Task):
             loss = loss + ops.sum(self.losses) / distribution.replica()[1]
         return distribution.returned_loss(loss, training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under tf.distribute, Keras 3.15 builds the model on the replicas'
+        # mean of a first batch, reduced as one nested value: bools have no
+        # mean and MultiWorkerMirroredStrategy reduces no nested values. The
+        # first replica's own batch describes the inputs as well.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                batch = next(batches)
+                break
+            data_batch = keras.tree.map_structure(
+                lambda value: strategy.experimental_local_results(value)[0],
+                batch,
+            )
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
     def train_step(self, *args, **kwargs):
         ddp = distribution.torch_ddp(self)
         if ddp is None:
@@ -293,9 +311,6 @@ class AIMV2Pretrainer(Task):
         if isinstance(x, dict) and "token_ids" in x:
             x = dict(x)
             x["token_ids"] = self.decoder.check_token_ids(x["token_ids"])
-            # An integer mask: under tf.distribute, Keras builds the model
-            # on the replicas' mean of a first batch, and bools have none.
-            x["padding_mask"] = tf.cast(x["padding_mask"], "int32")
             num_patches = self.backbone.patch_embedding.compute_output_shape(
                 x["images"].shape
             )[1]
