@@ -373,6 +373,18 @@ def torch_ddp(model):
 # === Inside the training step ===
 
 
+def tf_replica_context():
+    """The replica context of a multi-replica `tf.distribute` step, or None."""
+    if keras.config.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
 def replica():
     """`(index, count)` of this replica among those combining gradients.
 
@@ -383,10 +395,8 @@ def replica():
     """
     backend = keras.config.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
+        context = tf_replica_context()
+        if context is not None:
             return (
                 context.replica_id_in_sync_group,
                 context.num_replicas_in_sync,
@@ -403,10 +413,8 @@ def sum_over_replicas(value):
     """Sum of a statistic (no gradient) over the replicas of a step."""
     backend = keras.config.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
+        context = tf_replica_context()
+        if context is not None:
             return context.all_reduce("sum", value)
     elif backend == "torch" and replica()[1] > 1:
         import torch.distributed as dist
@@ -424,7 +432,7 @@ def tracked(share):
     under PyTorch DDP every process records the sum of the shares; on JAX
     the share is the value.
     """
-    index, count = replica()
+    _, count = replica()
     if count == 1:
         return share
     if keras.config.backend() == "torch":

@@ -66,12 +66,18 @@ def text_loss_and_accuracy(text_logits, token_ids, padding_mask):
         ops.equal(ops.argmax(logits, axis=-1), ops.cast(token_ids, "int32")),
         "float32",
     )
+    # One count (and, distributed, one all-reduce) serves both means.
+    count = _global_count(weights)
     return (
-        _weighted_mean(cross_entropy, weights),
-        _weighted_mean(correct, weights),
+        ops.sum(cross_entropy * weights) / count,
+        ops.sum(correct * weights) / count,
     )
 
 
 def _weighted_mean(values, weights):
-    count = sum_over_replicas(ops.sum(weights))
-    return ops.sum(values * weights) / ops.maximum(count, 1.0)
+    return ops.sum(values * weights) / _global_count(weights)
+
+
+def _global_count(weights):
+    """The weights' sum over the global batch, at least 1."""
+    return ops.maximum(sum_over_replicas(ops.sum(weights)), 1.0)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.distribution import tf_replica_context
 
 # Weights that are never decayed: biases, norm scales, position embeddings
 # and the BOS token (AIMv2, Table A1).
@@ -28,13 +29,13 @@ class AIMV2AdamW(keras.optimizers.AdamW):
     # sums over the replicas (`_all_reduce_sum_gradients`); every update
     # goes through both, in this order. The sum moves into the first.
     def _clip_gradients(self, grads):
-        context = _tf_replica_context()
+        context = tf_replica_context()
         if context is not None:
             grads = context.all_reduce("sum", grads)
         return super()._clip_gradients(grads)
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
-        if _tf_replica_context() is not None:
+        if tf_replica_context() is not None:
             return list(grads_and_vars)
         return super()._all_reduce_sum_gradients(grads_and_vars)
 
@@ -73,18 +74,6 @@ class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
             config["schedule"]
         )
         return cls(**config)
-
-
-def _tf_replica_context():
-    """The replica context of a multi-replica `tf.distribute` step, or None."""
-    if keras.config.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None
-    return context
 
 
 def aimv2_adamw(

@@ -35,6 +35,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = os.path.join(ROOT, "tools", "distributed_check.py")
 BACKEND = keras.config.backend()
 ADAMW_STEP = 1e-3
+# A one-process run, then the same steps in two local processes.
+TWO_PROCESSES_AND_ONE = (
+    "--processes",
+    "2",
+    "--threads",
+    "1",
+    "--strategies",
+    "none",
+    "data_parallel",
+)
 
 
 def only_on(*backends):
@@ -125,13 +135,7 @@ def test_jax_data_parallel_and_sharded_on_8_devices_match_one(tmp_path):
 def test_jax_two_processes_through_keras_distribution_initialize(tmp_path):
     results = distributed_check(
         tmp_path,
-        "--processes",
-        "2",
-        "--threads",
-        "1",
-        "--strategies",
-        "none",
-        "data_parallel",
+        *TWO_PROCESSES_AND_ONE,
     )
     processes = results["data_parallel"]
     assert set(processes) == {"process0", "process1"}
@@ -163,13 +167,7 @@ def test_tensorflow_mirrored_strategy_on_4_devices_matches_one(tmp_path):
 def test_torch_ddp_with_two_gloo_processes_matches_one(tmp_path):
     results = distributed_check(
         tmp_path,
-        "--processes",
-        "2",
-        "--threads",
-        "1",
-        "--strategies",
-        "none",
-        "data_parallel",
+        *TWO_PROCESSES_AND_ONE,
     )
     single = results["none"]["process0"]
     for process in ("process0", "process1"):
