@@ -13,14 +13,22 @@ NO_DECAY = ("bias", "scale", "position_embedding", "bos_token")
 
 @register
 class AIMV2AdamW(keras.optimizers.AdamW):
-    """Keras's AdamW, clipping the replicas' summed gradients.
+    """Keras's AdamW, clipping the gradient one device would see.
 
-    Under `tf.distribute`, Keras clips each replica's gradients before it
-    sums them over the replicas, which is not the clipping of one device
-    seeing the whole batch. This class sums first (the same single
-    all-reduce, moved) and then clips. Elsewhere it is Keras's AdamW: JAX
-    differentiates the global loss, and PyTorch DDP averages the gradients
-    in `backward`, before the optimizer sees them.
+    `global_clipnorm` clips the global norm of the gradient of the whole
+    batch, as AIMv2's trainer does, on every backend:
+
+    - Under `tf.distribute`, Keras clips each replica's gradients before it
+      sums them over the replicas. This class sums first (the same single
+      all-reduce, moved) and then clips.
+    - On TensorFlow an embedding's gradient arrives as `tf.IndexedSlices`
+      with a row per looked-up token, repeated tokens repeated; Keras would
+      take the norm of those rows, not of the gradient they add up to.
+      This class adds repeated rows up first.
+
+    Elsewhere it is Keras's AdamW: JAX differentiates the global loss, and
+    PyTorch DDP averages the gradients in `backward`, before the optimizer
+    sees them.
 
     Args: those of `keras.optimizers.AdamW`.
     """
@@ -32,12 +40,27 @@ class AIMV2AdamW(keras.optimizers.AdamW):
         context = tf_replica_context()
         if context is not None:
             grads = context.all_reduce("sum", grads)
+        if keras.config.backend() == "tensorflow":
+            grads = [_add_up_repeated_rows(g) for g in grads]
         return super()._clip_gradients(grads)
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         if tf_replica_context() is not None:
             return list(grads_and_vars)
         return super()._all_reduce_sum_gradients(grads_and_vars)
+
+
+def _add_up_repeated_rows(gradient):
+    """A `tf.IndexedSlices` with each row once, holding its total."""
+    import tensorflow as tf
+
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    rows, positions = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(
+        gradient.values, positions, tf.shape(rows)[0]
+    )
+    return tf.IndexedSlices(values, rows, gradient.dense_shape)
 
 
 @register
@@ -101,7 +124,15 @@ def aimv2_adamw(
         beta_1: float. Defaults to `0.9`.
         beta_2: float. Defaults to `0.95`.
         epsilon: float. Defaults to `1e-8`.
-        clipnorm: float. Gradient clipping. Defaults to `1.0`.
+        clipnorm: float or `None`. The largest global norm of the gradient:
+            when the norm of all gradients together, as one vector, exceeds
+            it, every gradient is scaled by the same factor, which keeps the
+            update's direction (PyTorch's `clip_grad_norm_` over the whole
+            model, as AIMv2's trainer does; not Keras's per-variable
+            `clipnorm`). The gradient clipped is the global one under every
+            distribution strategy, and under accumulation the accumulated
+            gradient of each update, once. `None` disables clipping.
+            Defaults to `1.0`.
         gradient_accumulation_steps: int. Batches whose gradients are
             averaged into each update; a schedule is then read per update
             (`PerUpdateSchedule`). Defaults to `1`.
@@ -130,7 +161,7 @@ def aimv2_adamw(
         beta_1=beta_1,
         beta_2=beta_2,
         epsilon=epsilon,
-        clipnorm=clipnorm,
+        global_clipnorm=clipnorm,
         gradient_accumulation_steps=(
             gradient_accumulation_steps if accumulate else None
         ),

@@ -231,7 +231,8 @@ def compile_pretrainer(pretrainer, training):
 
     With `gradient_accumulation_steps` `N > 1`, each update averages the
     gradients of `N` consecutive batches: the effective batch is `N *
-    batch_size`.
+    batch_size`. `clipnorm` bounds the global norm of each update's
+    gradient, all weights together.
     """
     accumulation = training["gradient_accumulation_steps"]
     check_positive_int("training.gradient_accumulation_steps", accumulation)

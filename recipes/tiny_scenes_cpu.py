@@ -52,6 +52,7 @@ RECIPE = {
         "peak_learning_rate": 2e-3,
         "final_learning_rate": 1e-5,
         "weight_decay": 1e-4,
+        # The global norm of all gradients together (clip_grad_norm_).
         "clipnorm": 1.0,
         "pixel_loss_weight": 0.4,
         "seed": 0,

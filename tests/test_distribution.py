@@ -33,6 +33,20 @@ from keras_aimv2.training import compile_pretrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = os.path.join(ROOT, "tools", "distributed_check.py")
+
+
+def load_tool(name):
+    """A module of `tools/`, imported by path."""
+    import importlib.util
+
+    path = os.path.join(ROOT, "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_tool = load_tool("distributed_check")
 BACKEND = keras.config.backend()
 ADAMW_STEP = 1e-3
 # A one-process run, then the same steps in two local processes.
@@ -80,6 +94,62 @@ def assert_same_training(single, distributed):
         assert np.mean(difference > 1e-5) < 1e-3, key
 
 
+def probe(result):
+    """The `--clip-probe` gradients of a run: raw, clipped, clipnorm."""
+    gradients = {"raw": {}, "clipped": {}}
+    for key, value in result.items():
+        kind, _, path = key.partition("/")[2].partition("/")
+        if key.startswith("probe/") and kind in gradients:
+            gradients[kind][path] = value
+    return (
+        gradients["raw"],
+        gradients["clipped"],
+        float(result["probe/clipnorm"]),
+    )
+
+
+def global_norm(gradients):
+    return np.sqrt(sum(np.sum(np.square(g)) for g in gradients.values()))
+
+
+def assert_clipped_as_one_vector(raw, clipped, clipnorm):
+    """`clipped` is `raw` scaled by one factor, to the global norm `clipnorm`.
+
+    Per-variable clipping (Keras's `clipnorm`) would leave the variables
+    whose own norm is below the threshold unscaled; the check asserts that
+    some are, so that it would fail.
+    """
+    norm = global_norm(raw)
+    assert norm > clipnorm > 0
+    scale = clipnorm / norm
+    assert set(clipped) == set(raw)
+    unclipped_alone = 0
+    for path, gradient in raw.items():
+        own = np.linalg.norm(gradient)
+        error = np.linalg.norm(clipped[path] - scale * gradient)
+        assert error <= 1e-3 * scale * own + 1e-6, path
+        if 0.01 * clipnorm < own < clipnorm:
+            # Per-variable clipping would have kept this one whole.
+            unclipped_alone += 1
+            assert np.linalg.norm(clipped[path] - gradient) > 100 * error
+    assert unclipped_alone >= 3
+    assert global_norm(clipped) == pytest.approx(clipnorm, rel=1e-3)
+
+
+def assert_same_gradients(single, distributed):
+    """The gradient a strategy applied is the one device's, the global one."""
+    assert set(distributed) == set(single)
+    for path, gradient in single.items():
+        error = np.linalg.norm(distributed[path] - gradient)
+        assert error <= 1e-4 * np.linalg.norm(gradient) + 1e-6, path
+
+
+def assert_clipping_matches_one_device(single, distributed):
+    raw, clipped, clipnorm = probe(distributed)
+    assert_clipped_as_one_vector(raw, clipped, clipnorm)
+    assert_same_gradients(probe(single)[0], raw)
+
+
 TRAINING = {
     "steps": 2,
     "warmup_steps": 1,
@@ -106,6 +176,7 @@ def test_jax_data_parallel_and_sharded_on_8_devices_match_one(tmp_path):
         "sharded",
         "--mesh-shape",
         "1,8",
+        "--clip-probe",
     )
     single = results["none"]["process0"]
     parallel = results["data_parallel"]["process0"]
@@ -113,6 +184,9 @@ def test_jax_data_parallel_and_sharded_on_8_devices_match_one(tmp_path):
     assert int(parallel["num_replicas"]) == 8
     assert_same_training(single, parallel)
     assert_same_training(single, sharded)
+    assert_clipped_as_one_vector(*probe(single))
+    assert_clipping_matches_one_device(single, parallel)
+    assert_clipping_matches_one_device(single, sharded)
     # Under "sharded" each device holds 1/8 of every weight of the layout
     # map, and all of the others (norm scales, biases, BOS).
     shares = {
@@ -157,22 +231,27 @@ def test_tensorflow_mirrored_strategy_on_4_devices_matches_one(tmp_path):
         "--strategies",
         "none",
         "data_parallel",
+        "--clip-probe",
     )
+    single = results["none"]["process0"]
     parallel = results["data_parallel"]["process0"]
     assert int(parallel["num_replicas"]) == 4
-    assert_same_training(results["none"]["process0"], parallel)
+    assert_same_training(single, parallel)
+    assert_clipping_matches_one_device(single, parallel)
 
 
 @only_on("torch")
 def test_torch_ddp_with_two_gloo_processes_matches_one(tmp_path):
     results = distributed_check(
-        tmp_path,
-        *TWO_PROCESSES_AND_ONE,
+        tmp_path, *TWO_PROCESSES_AND_ONE, "--clip-probe"
     )
     single = results["none"]["process0"]
     for process in ("process0", "process1"):
         assert int(results["data_parallel"][process]["process_count"]) == 2
         assert_same_training(single, results["data_parallel"][process])
+        assert_clipping_matches_one_device(
+            single, results["data_parallel"][process]
+        )
 
 
 def _small_pretrain(tmp_path, *extra, environment=None, launcher=()):
@@ -296,6 +375,45 @@ def test_gradient_accumulation_matches_one_batch_of_twice_the_size():
         np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=1e-6)
 
 
+def _probe(batches, batch_size=None):
+    """Arguments of `applied_gradient(s)`: the tiny model over `batches`."""
+
+    def new_pretrainer(optimizer):
+        pretrainer = check_tool.seeded_pretrainer(
+            TINY_BACKBONE, TINY_DECODER, "float32"
+        )
+        pretrainer.compile(optimizer=optimizer)
+        return pretrainer
+
+    def one_update(pretrainer):
+        size = batch_size or len(batches["images"])
+        for start in range(0, len(batches["images"]), size):
+            pretrainer.train_on_batch(
+                {k: v[start : start + size] for k, v in batches.items()}
+            )
+
+    return new_pretrainer, one_update
+
+
+def test_clipping_scales_the_global_gradient_as_one_vector():
+    gradients = check_tool.applied_gradients(*_probe(make_batch(4, seed=5)))
+    assert_clipped_as_one_vector(*gradients)
+
+
+def test_the_accumulated_gradient_of_an_update_is_clipped_once():
+    # Full captions and fixed prefixes: the update's gradient is the mean
+    # of the halves' and the whole batch's. Clipping each half (their
+    # gradients are not parallel) would give an update of a smaller norm.
+    full = [TINY_DECODER["context_length"]] * 8
+    batches = make_batch(8, seed=6, num_real_tokens=full)
+    batches["prefix_lengths"] = np.full((8,), 3, "int32")
+    raw, clipped, clipnorm = check_tool.applied_gradients(
+        *_probe(batches, batch_size=4), gradient_accumulation_steps=2
+    )
+    assert_clipped_as_one_vector(raw, clipped, clipnorm)
+    assert_same_gradients(check_tool.applied_gradient(*_probe(batches)), raw)
+
+
 # === The pieces ===
 
 
@@ -401,12 +519,7 @@ def test_cli_strategy_flags_set_the_recipe(capsys):
 
 @only_on("torch")
 def test_memory_table_sums_the_layouts_of_a_meta_device_model():
-    import importlib.util
-
-    path = os.path.join(ROOT, "tools", "memory_table.py")
-    spec = importlib.util.spec_from_file_location("memory_table", path)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_tool("memory_table")
     replicated, sharded = table.memory_rows(["tiny"], [8])
     real = tiny_pretrainer()
     expected = distribution.per_device_bytes(real)

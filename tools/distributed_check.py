@@ -3,8 +3,10 @@
 Runs `keras_aimv2.distribution` end to end on whatever devices this
 process has (or virtual CPU devices), on fixed synthetic batches, and
 writes, per strategy, the losses of every step, the time of every step,
-the updated weights and, on JAX, how the weights were laid out. The tests
-and the scaling benchmark read what it writes.
+the updated weights and, on JAX, how the weights were laid out; with
+`--clip-probe`, also the gradient one update applied, unclipped and clipped
+to a quarter of its global norm (`applied_gradients`). The tests and the
+scaling benchmark read what it writes.
 
     # JAX, 8 virtual CPU devices: one device, data parallel, sharded
     python tools/distributed_check.py --backend jax --cpu-devices 8 \\
@@ -47,6 +49,12 @@ def _arguments(argv=None):
     )
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--dtype-policy", default="float32")
+    parser.add_argument(
+        "--clip-probe",
+        action="store_true",
+        help="Also record the gradient of one update, unclipped and clipped "
+        "to a quarter of its global norm (`applied_gradients`).",
+    )
     parser.add_argument("--remat", action="store_true")
     parser.add_argument(
         "--fixed-prefix",
@@ -227,12 +235,104 @@ def _model(args):
     return backbone_arguments(recipe["backbone"]), decoder, batch_size
 
 
+def seeded_pretrainer(backbone_config, decoder_config, dtype, remat=False):
+    """The pre-training model, with the same initial weights every time."""
+    import keras
+
+    import keras_aimv2
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_aimv2.AIMV2Backbone(**backbone_config, dtype=dtype)
+    return keras_aimv2.AIMV2Pretrainer(
+        backbone, **decoder_config, seed=0, remat=remat
+    )
+
+
+# AdamW's first update of a weight is `-lr * sqrt(1 - beta_2) * g /
+# (sqrt(1 - beta_2) * |g| + epsilon)`. With an epsilon that dwarfs every
+# gradient and `lr = epsilon / sqrt(1 - beta_2)`, it is `-g` to about 1e-6:
+# one update shows the gradient the optimizer applied, after the replicas
+# combined theirs and after clipping.
+PROBE_EPSILON = 1e6
+PROBE_BETA_2 = 0.95
+
+
+def probe_optimizer(clipnorm, gradient_accumulation_steps=1):
+    """`aimv2_adamw` whose first update is minus the applied gradient."""
+    from keras_aimv2.optimization import aimv2_adamw
+
+    return aimv2_adamw(
+        learning_rate=PROBE_EPSILON / (1 - PROBE_BETA_2) ** 0.5,
+        weight_decay=0.0,
+        beta_2=PROBE_BETA_2,
+        epsilon=PROBE_EPSILON,
+        clipnorm=clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
+
+def applied_gradient(
+    new_pretrainer, one_update, clipnorm=None, gradient_accumulation_steps=1
+):
+    """The gradient the optimizer applies in one update, after clipping.
+
+    Args:
+        new_pretrainer: callable taking an optimizer and returning a
+            compiled model, with the same initial weights at every call.
+        one_update: callable training a model for one update.
+        clipnorm: float or `None`. The optimizer's clipping threshold.
+        gradient_accumulation_steps: int. Batches per update.
+
+    Returns:
+        A dict from weight path to the gradient applied to it.
+    """
+    optimizer = probe_optimizer(clipnorm, gradient_accumulation_steps)
+    pretrainer = new_pretrainer(optimizer)
+    before = _trainable_values(pretrainer)
+    one_update(pretrainer)
+    after = _trainable_values(pretrainer)
+    return {path: before[path] - after[path] for path in before}
+
+
+def applied_gradients(
+    new_pretrainer, one_update, gradient_accumulation_steps=1, fraction=0.25
+):
+    """One update's gradient unclipped, and clipped below its global norm.
+
+    Arguments as `applied_gradient`'s; `fraction` is the clipping threshold
+    as a fraction of the unclipped gradient's global norm.
+
+    Returns:
+        `(raw, clipped, clipnorm)`: the gradients applied without clipping
+        and with `clipnorm`, each a dict from weight path to array.
+    """
+    import numpy as np
+
+    arguments = (new_pretrainer, one_update)
+    raw = applied_gradient(*arguments, None, gradient_accumulation_steps)
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in raw.values()))
+    clipnorm = float(fraction * norm)
+    clipped = applied_gradient(
+        *arguments, clipnorm, gradient_accumulation_steps
+    )
+    return raw, clipped, clipnorm
+
+
+def _trainable_values(pretrainer):
+    import keras
+    import numpy as np
+
+    return {
+        v.path: np.asarray(keras.ops.convert_to_numpy(v.value), "float64")
+        for v in pretrainer.trainable_weights
+    }
+
+
 def run(args, strategy):
     import keras
     import numpy as np
     import tensorflow as tf
 
-    import keras_aimv2
     from keras_aimv2 import distribution
     from keras_aimv2.training import compile_pretrainer
 
@@ -255,25 +355,54 @@ def run(args, strategy):
     )
     dataset = tf.data.Dataset.from_tensor_slices(batches)
     dataset = dataset.batch(batch_size, drop_remainder=True).repeat()
+
+    def new_pretrainer(optimizer=None):
+        """The seeded model, compiled and wrapped for the strategy."""
+        pretrainer = seeded_pretrainer(
+            backbone_config, decoder_config, args.dtype_policy, args.remat
+        )
+        if optimizer is None:
+            compile_pretrainer(pretrainer, training)
+        else:
+            pretrainer.compile(optimizer=optimizer)
+        return distributed.wrap(pretrainer)
+
+    def one_update(pretrainer):
+        pretrainer.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=args.gradient_accumulation_steps,
+            verbose=0,
+        )
+
+    result = {}
     recorder = StepRecorder()
     with distributed.scope():
-        keras.utils.set_random_seed(0)
-        backbone = keras_aimv2.AIMV2Backbone(
-            **backbone_config, dtype=args.dtype_policy
-        )
-        pretrainer = keras_aimv2.AIMV2Pretrainer(
-            backbone, **decoder_config, seed=0, remat=args.remat
-        )
-        compile_pretrainer(pretrainer, training)
-        distributed.wrap(pretrainer)
+        dataset = distributed.distribute_dataset(dataset)
+        if args.clip_probe:
+            if (
+                keras.config.backend() == "jax"
+                and distributed.process_count > 1
+            ):
+                raise SystemExit("--clip-probe runs in one JAX process")
+            raw, clipped, clipnorm = applied_gradients(
+                new_pretrainer, one_update, args.gradient_accumulation_steps
+            )
+            result["probe/clipnorm"] = np.array(clipnorm)
+            for path in raw:
+                result[f"probe/raw/{path}"] = raw[path]
+                result[f"probe/clipped/{path}"] = clipped[path]
+        pretrainer = new_pretrainer()
         pretrainer.fit(
-            distributed.distribute_dataset(dataset),
+            dataset,
             epochs=args.steps * args.gradient_accumulation_steps,
             steps_per_epoch=1,
             verbose=0,
             callbacks=[recorder.callback],
         )
-    result = {f"metric/{k}": np.array(v) for k, v in recorder.values.items()}
+    result.update(
+        {f"metric/{k}": np.array(v) for k, v in recorder.values.items()}
+    )
     result["step_seconds"] = np.array(recorder.seconds)
     result["global_batch"] = np.array(batch_size)
     result["num_replicas"] = np.array(distributed.num_replicas)
