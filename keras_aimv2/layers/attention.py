@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.layers.initializers import XavierUniform
 
 
 def causal_mask(length):
@@ -69,6 +70,11 @@ class SelfAttention(keras.layers.Layer):
     on the tokens flattened to `(batch * length, width)`: one plain GEMM
     each way, forward and backward.
 
+    As in AIMv2's trainer, queries, keys and values are three separate
+    `width -> width` maps, each Xavier-uniform on its own (each third of the
+    fused kernel, `XavierUniform(num_kernels=3)`), and the output
+    projection is Xavier-uniform.
+
     Args:
         num_heads: int. Number of attention heads; must divide the width.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
@@ -95,7 +101,7 @@ class SelfAttention(keras.layers.Layer):
         self.qkv = keras.layers.Dense(
             3 * hidden_dim,
             use_bias=False,
-            kernel_initializer="glorot_uniform",
+            kernel_initializer=XavierUniform(num_kernels=3),
             dtype=self.dtype_policy,
             name="qkv",
         )
@@ -103,7 +109,7 @@ class SelfAttention(keras.layers.Layer):
         self.output_projection = keras.layers.Dense(
             hidden_dim,
             use_bias=False,
-            kernel_initializer="glorot_uniform",
+            kernel_initializer=XavierUniform(),
             dtype=self.dtype_policy,
             name="output_projection",
         )

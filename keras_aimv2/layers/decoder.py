@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.layers import initializers
 from keras_aimv2.layers.transformer import build_blocks
 from keras_aimv2.layers.transformer import run_block
 from keras_aimv2.validation import check_range
@@ -20,6 +21,13 @@ class MultimodalCausalDecoder(keras.layers.Layer):
     stack of pre-norm SwiGLU/RMSNorm blocks then runs over the whole
     sequence, so every text token sees every image patch, and a final
     RMSNorm closes it (AIMv2, Section 3).
+
+    Parameters start as in AIMv2's trainer (see
+    `keras_aimv2.layers.initializers`): the image projection keeps PyTorch's
+    `nn.Linear` default (kernel and bias `U(-b, b)`, `b = 1 /
+    sqrt(encoder_width)`), the token embedding and BOS token are drawn from
+    `N(0, 0.02**2)`, the position embedding from `N(0, 0.01**2)`, and the
+    blocks as in the encoder.
 
     Args:
         hidden_dim: int. Decoder width.
@@ -72,14 +80,14 @@ class MultimodalCausalDecoder(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.image_projection = keras.layers.Dense(
             hidden_dim,
-            kernel_initializer="glorot_uniform",
+            kernel_initializer=initializers.torch_linear_kernel(),
             dtype=self.dtype_policy,
             name="image_projection",
         )
         self.token_embedding = keras.layers.Embedding(
             vocabulary_size,
             hidden_dim,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            embeddings_initializer=initializers.normal(0.02),
             dtype=self.dtype_policy,
             name="token_embedding",
         )
@@ -88,17 +96,22 @@ class MultimodalCausalDecoder(keras.layers.Layer):
         )
 
     def build(self, image_features_shape, token_ids_shape=None):
+        # The bias's bound depends on the encoder width, known only now.
+        bias_initializer = initializers.torch_linear_bias(
+            image_features_shape[-1]
+        )
+        self.image_projection.bias_initializer = bias_initializer
         self.image_projection.build(image_features_shape)
         self.token_embedding.build(token_ids_shape)
         self.bos_token = self.add_weight(
             name="bos_token",
             shape=(self.hidden_dim,),
-            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            initializer=initializers.normal(0.02),
         )
         self.position_embedding = self.add_weight(
             name="position_embedding",
             shape=(self.context_length + 1, self.hidden_dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.01),
+            initializer=initializers.normal(0.01),
         )
         for layer in (*self.blocks, self.final_norm):
             layer.build((None, None, self.hidden_dim))

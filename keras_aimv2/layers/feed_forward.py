@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.layers.initializers import XavierUniform
 
 
 @register
@@ -12,7 +13,9 @@ class SwiGLUFeedForward(keras.layers.Layer):
 
     The gate and up projections are fused into one kernel laid out
     `[gate | up]`. AIMv2 sizes the hidden layer as
-    `round_up(2 / 3 * 4 * width, 256)`.
+    `round_up(2 / 3 * 4 * width, 256)`. As in AIMv2's trainer, gate, up
+    and down are each Xavier-uniform on their own (each half of the fused
+    kernel, `XavierUniform(num_kernels=2)`).
 
     Args:
         intermediate_dim: int. Width of the hidden layer.
@@ -31,17 +34,10 @@ class SwiGLUFeedForward(keras.layers.Layer):
 
     def build(self, input_shape):
         hidden_dim = input_shape[-1]
-        # Xavier-uniform as if gate and up were two separate kernels.
-        fused_glorot = keras.initializers.VarianceScaling(
-            scale=(hidden_dim + 2 * self.intermediate_dim)
-            / (hidden_dim + self.intermediate_dim),
-            mode="fan_avg",
-            distribution="uniform",
-        )
         self.gate_up = keras.layers.Dense(
             2 * self.intermediate_dim,
             use_bias=False,
-            kernel_initializer=fused_glorot,
+            kernel_initializer=XavierUniform(num_kernels=2),
             dtype=self.dtype_policy,
             name="gate_up",
         )
@@ -49,7 +45,7 @@ class SwiGLUFeedForward(keras.layers.Layer):
         self.down = keras.layers.Dense(
             hidden_dim,
             use_bias=False,
-            kernel_initializer="glorot_uniform",
+            kernel_initializer=XavierUniform(),
             dtype=self.dtype_policy,
             name="down",
         )

@@ -3,19 +3,19 @@
 import keras
 
 from keras_aimv2.api import register
+from keras_aimv2.layers.initializers import head_kernel
 
 
 class _LinearHead(keras.layers.Layer):
-    """A linear map without bias, initialised from a fan-in scaled normal."""
+    """A linear map without bias, initialised by `head_kernel`."""
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, decoder_num_layers=12, **kwargs):
         super().__init__(**kwargs)
+        self.decoder_num_layers = decoder_num_layers
         self.dense = keras.layers.Dense(
             units,
             use_bias=False,
-            kernel_initializer=keras.initializers.VarianceScaling(
-                scale=1.0, mode="fan_in", distribution="truncated_normal"
-            ),
+            kernel_initializer=head_kernel(decoder_num_layers),
             dtype=self.dtype_policy,
             name="dense",
         )
@@ -29,14 +29,26 @@ class _LinearHead(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return self.dense.compute_output_shape(input_shape)
 
+    def get_config(self):
+        config = super().get_config()
+        config.update({"decoder_num_layers": self.decoder_num_layers})
+        return config
+
 
 @register
 class PixelHead(_LinearHead):
     """Regresses the next patch's normalized pixels from a decoder state.
 
+    The kernel starts from a truncated normal of standard deviation
+    `sqrt(1 / ((1 + decoder_num_layers) * decoder_width))`, as in AIMv2's
+    trainer (`keras_aimv2.layers.initializers.head_kernel`).
+
     Args:
         patch_dim: int. Values per patch, `patch_size**2 * channels` (588
             for 14-pixel RGB patches).
+        decoder_num_layers: int. Blocks of the decoder whose states the head
+            reads; only its initialisation depends on it. Defaults to `12`,
+            the depth of AIMv2's decoder.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Example:
@@ -45,8 +57,8 @@ class PixelHead(_LinearHead):
     (2, 5, 588)
     """
 
-    def __init__(self, patch_dim, **kwargs):
-        super().__init__(patch_dim, **kwargs)
+    def __init__(self, patch_dim, decoder_num_layers=12, **kwargs):
+        super().__init__(patch_dim, decoder_num_layers, **kwargs)
         self.patch_dim = patch_dim
 
     def get_config(self):
@@ -59,8 +71,15 @@ class PixelHead(_LinearHead):
 class TextHead(_LinearHead):
     """Predicts the next text token's logits from a decoder state.
 
+    The kernel starts from a truncated normal of standard deviation
+    `sqrt(1 / ((1 + decoder_num_layers) * decoder_width))`, as in AIMv2's
+    trainer (`keras_aimv2.layers.initializers.head_kernel`).
+
     Args:
         vocabulary_size: int. Number of text tokens.
+        decoder_num_layers: int. Blocks of the decoder whose states the head
+            reads; only its initialisation depends on it. Defaults to `12`,
+            the depth of AIMv2's decoder.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Example:
@@ -69,8 +88,8 @@ class TextHead(_LinearHead):
     (2, 5, 100)
     """
 
-    def __init__(self, vocabulary_size, **kwargs):
-        super().__init__(vocabulary_size, **kwargs)
+    def __init__(self, vocabulary_size, decoder_num_layers=12, **kwargs):
+        super().__init__(vocabulary_size, decoder_num_layers, **kwargs)
         self.vocabulary_size = vocabulary_size
 
     def get_config(self):

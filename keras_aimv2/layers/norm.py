@@ -32,6 +32,7 @@ class RMSNorm(keras.layers.Layer):
         self.epsilon = epsilon
 
     def build(self, input_shape):
+        # Gains start at one, as in AIMv2's trainer.
         self.scale = self.add_weight(
             name="scale", shape=(input_shape[-1],), initializer="ones"
         )

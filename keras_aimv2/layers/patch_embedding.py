@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.layers import initializers
 from keras_aimv2.layers.norm import RMSNorm
 from keras_aimv2.patches import patchify
 from keras_aimv2.patches import sincos_position_embedding
@@ -23,6 +24,11 @@ class PatchEmbedding(keras.layers.Layer):
     a learned absolute position embedding (the released fixed-resolution
     models) or a fixed 2D sine-cosine table computed for the input's grid
     (the native-resolution model, any image size).
+
+    As in AIMv2's trainer, the projection's kernel is Xavier-uniform (that
+    of the flattened convolution weight, whose fans are the same) and its
+    bias keeps PyTorch's `Conv2d` default, `U(-b, b)` with `b = 1 /
+    sqrt(patch_size**2 * channels)`; see `keras_aimv2.layers.initializers`.
 
     Args:
         hidden_dim: int. Width of the patch tokens.
@@ -61,7 +67,7 @@ class PatchEmbedding(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.projection = keras.layers.Dense(
             hidden_dim,
-            kernel_initializer="glorot_uniform",
+            kernel_initializer=initializers.XavierUniform(),
             dtype=self.dtype_policy,
             name="projection",
         )
@@ -77,6 +83,10 @@ class PatchEmbedding(keras.layers.Layer):
                 f"images of shape {tuple(input_shape)}."
             )
         self.num_channels = channels
+        # The bias's bound depends on the patch size, known only now.
+        self.projection.bias_initializer = initializers.torch_linear_bias(
+            self.patch_dim
+        )
         self.projection.build((None, None, self.patch_dim))
         self.norm.build((None, None, self.hidden_dim))
         self.grid_size = None
@@ -95,7 +105,7 @@ class PatchEmbedding(keras.layers.Layer):
             self.position_embedding = self.add_weight(
                 name="position_embedding",
                 shape=(self.grid_size[0] * self.grid_size[1], self.hidden_dim),
-                initializer=keras.initializers.RandomNormal(stddev=0.02),
+                initializer=initializers.normal(0.02),
             )
 
     @property

@@ -112,9 +112,11 @@ class AIMV2Pretrainer(Task):
             name="decoder",
         )
         patch_dim = backbone.patch_size**2 * backbone.num_channels
-        self.pixel_head = PixelHead(patch_dim, dtype=dtype, name="pixel_head")
+        self.pixel_head = PixelHead(
+            patch_dim, decoder_num_layers, dtype=dtype, name="pixel_head"
+        )
         self.text_head = TextHead(
-            vocabulary_size, dtype=dtype, name="text_head"
+            vocabulary_size, decoder_num_layers, dtype=dtype, name="text_head"
         )
         self.decoder.build((None, None, backbone.hidden_dim), (None, None))
         self.pixel_head.build((None, None, decoder_hidden_dim))
