@@ -15,8 +15,10 @@ import runpy
 SECTIONS = ("backbone", "decoder", "data", "tokenizer", "training")
 
 # Entries a pre-training recipe written before they existed may lack: one
-# device, float32, no accumulation, no rematerialization.
+# device, float32, no accumulation, no rematerialization, the tokenizer's
+# own pad piece and punctuation kept.
 PRETRAINING_DEFAULTS = {
+    "tokenizer": {"pad_token": None, "remove_punctuation": False},
     "training": {
         "dtype_policy": "float32",
         "gradient_accumulation_steps": 1,

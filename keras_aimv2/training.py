@@ -104,6 +104,7 @@ def prepare_tokenizer(settings, train_dir, output_dir):
             iter_captions(train_dir, split="train"),
             path,
             vocabulary_size=settings["vocabulary_size"],
+            remove_punctuation=settings["remove_punctuation"],
         )
     return path
 
@@ -141,7 +142,11 @@ def build_pretrainer(recipe, tokenizer_path, distributed=None):
     """
     training = recipe["training"]
     keras.utils.set_random_seed(training["seed"])
-    tokenizer = AIMV2Tokenizer(proto=tokenizer_path)
+    tokenizer = AIMV2Tokenizer(
+        proto=tokenizer_path,
+        pad_token=recipe["tokenizer"]["pad_token"],
+        remove_punctuation=recipe["tokenizer"]["remove_punctuation"],
+    )
     arguments = backbone_arguments(recipe["backbone"])
     if distributed is not None and distributed.mesh_shape:
         distribution.check_shardable(

@@ -8,6 +8,7 @@ CSV log.
 
 import csv
 import os
+import textwrap
 
 import matplotlib
 
@@ -62,9 +63,16 @@ def next_patch_reconstructions(pretrainer, images, token_ids, prefix_length):
 
 
 def greedy_captions(pretrainer, images):
-    """The decoder's greedy captions for normalized `images`, as strings."""
+    """The decoder's greedy captions for normalized `images`, as strings.
+
+    Each stops at the tokenizer's end token, or after `context_length`
+    tokens when the model never emits it.
+    """
     tokenizer = pretrainer.preprocessor.tokenizer
-    ids = ops.convert_to_numpy(pretrainer.greedy_caption_ids(images))
+    ids = pretrainer.greedy_caption_ids(
+        images, end_token_id=tokenizer.end_token_id
+    )
+    ids = ops.convert_to_numpy(ids)
     captions = []
     for row in ids.tolist():
         if tokenizer.end_token_id in row:
@@ -115,12 +123,12 @@ def draw_reconstructions(pretrainer, batch, path, num_images=6):
         axes[row, 1].imshow(rebuilt[row])
         axes[row, 2].axis("off")
         lines = (
-            (0.7, f"truth: {captions[row]}", "black"),
-            (0.35, f"model: {generated[row]}", "tab:blue"),
+            (0.95, f"truth: {captions[row]}", "black"),
+            (0.45, f"model: {generated[row]}", "tab:blue"),
         )
         for height, text, color in lines:
             axes[row, 2].text(
-                0.0, height, text, fontsize=8, wrap=True, va="top", color=color
+                0.0, height, _fitted(text), fontsize=8, va="top", color=color
             )
         for column in range(2):
             axes[row, column].set_xticks([])
@@ -132,6 +140,13 @@ def draw_reconstructions(pretrainer, batch, path, num_images=6):
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return generated
+
+
+def _fitted(text, width=44, lines=4):
+    """`text` wrapped to the caption column, cut with an ellipsis."""
+    return "\n".join(
+        textwrap.wrap(text, width, max_lines=lines, placeholder=" ...")
+    )
 
 
 def _converter_affine(pretrainer):

@@ -38,7 +38,15 @@ def paper_recipe(size, peak_learning_rate):
             "schema": None,
             "allow_anomalies": False,
         },
-        "tokenizer": {"vocabulary_size": 32000, "model": None},
+        # SigLIP's SentencePiece model as AIMv2's trainer reads it (through
+        # transformers' SiglipTokenizer): padded with its end token `</s>`,
+        # which is therefore never a target, and without punctuation.
+        "tokenizer": {
+            "vocabulary_size": 32000,
+            "model": None,
+            "pad_token": "</s>",
+            "remove_punctuation": True,
+        },
         "training": {
             "batch_size": 8192,
             "eval_batch_size": 1024,

@@ -42,7 +42,14 @@ RECIPE = {
         "schema": None,
         "allow_anomalies": False,
     },
-    "tokenizer": {"vocabulary_size": 100, "model": None},
+    # A tokenizer trained on the captions, with distinct pad and end ids: the
+    # end of a caption is a target, so greedy captions learn to stop.
+    "tokenizer": {
+        "vocabulary_size": 100,
+        "model": None,
+        "pad_token": None,
+        "remove_punctuation": False,
+    },
     "training": {
         "batch_size": 64,
         "eval_batch_size": 128,

@@ -94,7 +94,7 @@ def test_outputs_follow_the_model_contract(proto_path):
     tokenizer = preprocessor.tokenizer
     for row, caption in enumerate(inputs["captions"]):
         ids = tokenizer(caption).tolist()[: CONTEXT - 1]
-        length = len(ids) + 1  # The end token is real.
+        length = len(ids) + 1  # The end token (1, not the pad 0) counts.
         assert token_ids[row, :length].tolist() == ids + [1]
         assert token_ids[row, length:].tolist() == [0] * (CONTEXT - length)
         assert mask[row].tolist() == [i < length for i in range(CONTEXT)]
@@ -105,14 +105,21 @@ def test_outputs_follow_the_model_contract(proto_path):
     np.testing.assert_allclose(to_numpy(x["images"]), expected, atol=1e-3)
 
 
-def test_lowercases_captions(proto_path):
+def test_cleans_captions_in_both_workflows(proto_path):
     preprocessor = _preprocessor(proto_path)
     inputs = _inputs()
-    upper = {**inputs, "captions": [c.upper() for c in inputs["captions"]]}
+    messy = [
+        f" {c.upper()}\t\n" if i % 2 else c.replace(" ", " &nbsp; ")
+        for i, c in enumerate(inputs["captions"])
+    ]
+    expected = to_numpy(preprocessor(inputs)["token_ids"])
+    messy_inputs = {**inputs, "captions": messy}
     np.testing.assert_array_equal(
-        to_numpy(preprocessor(inputs)["token_ids"]),
-        to_numpy(preprocessor(upper)["token_ids"]),
+        to_numpy(preprocessor(messy_inputs)["token_ids"]), expected
     )
+    dataset = tf.data.Dataset.from_tensor_slices(messy_inputs).batch(4)
+    graph = next(iter(dataset.map(preprocessor)))
+    np.testing.assert_array_equal(graph["token_ids"].numpy(), expected)
 
 
 def test_graph_mode_matches_eager(proto_path):
@@ -128,13 +135,16 @@ def test_graph_mode_matches_eager(proto_path):
     )
 
 
-def test_siglip_style_padding(proto_path):
-    # With pad == end (SigLIP as AIMv2 uses it) only the mask tells them
-    # apart.
+def test_siglip_style_padding_makes_the_end_token_no_target(proto_path):
+    # With pad == end (SigLIP as AIMv2's trainer uses it), a position is a
+    # target iff its id is not the pad id: the end token never is.
     x = _preprocessor(proto_path, pad_token="</s>")(_inputs())
     token_ids, mask = to_numpy(x["token_ids"]), to_numpy(x["padding_mask"])
-    assert (token_ids[~mask] == 1).all()
-    assert mask[1].sum() < CONTEXT and token_ids[1, mask[1].sum() - 1] == 1
+    np.testing.assert_array_equal(mask, token_ids != 1)
+    length = mask[1].sum()
+    assert token_ids[1, length] == 1 and not mask[1, length]
+    # A truncated caption ends with the end token, which does not count.
+    assert token_ids[0, -1] == 1 and not mask[0, -1] and mask[0, :-1].all()
 
 
 def test_context_length_can_change(proto_path):

@@ -48,15 +48,21 @@ def test_trained_model_ids(proto_path):
     assert processor.id_to_piece(1) == "</s>"
 
 
-def test_training_lowercases_unless_asked(tmp_path):
+def test_training_cleans_captions_unless_asked(tmp_path):
     captions = [
         c.upper() if i % 2 else c for i, c in enumerate(make_captions())
     ]
+    captions += ["a &amp; a &lt;b&gt; tile\u00e2\u20ac\u2122s"] * 50
     lower = _processor(train_sentencepiece(captions, tmp_path / "lower", 100))
     pieces = set(lower.id_to_piece(list(range(lower.vocab_size()))))
     assert not any(c.isupper() for piece in pieces for c in piece)
+    # Unescaped HTML and repaired Unicode (ftfy also straightens curly
+    # quotes): no entity, no mojibake.
+    characters = {c for piece in pieces for c in piece}
+    assert {"&", "<", "'"} <= characters
+    assert not characters & {";", "\u00e2", "\u20ac"}
     kept = train_sentencepiece(
-        captions, tmp_path / "kept.model", 100, lowercase=False
+        captions, tmp_path / "kept.model", 100, normalize=False
     )
     assert kept == str(tmp_path / "kept.model")
     kept = _processor(kept)
@@ -117,7 +123,7 @@ def test_special_ids(tokenizer):
     assert sorted(tokenizer.special_token_ids) == [0, 1]
 
 
-def test_lowercases_and_round_trips(tokenizer):
+def test_cleans_and_round_trips(tokenizer):
     captions = make_captions(5, seed=3)
     ids = tokenizer(captions)
     assert ids == tokenizer([caption.lower() for caption in captions])
@@ -128,13 +134,16 @@ def test_lowercases_and_round_trips(tokenizer):
     # End and pad ids decode to nothing.
     padded = np.asarray(single).tolist() + [1, 0, 0]
     assert tokenizer.detokenize(padded) == captions[0].lower()
-    # Tensors and arrays of strings are lowercased too.
+    # Tensors and arrays of strings are cleaned too.
     expected = single.tolist()
     assert tokenizer(tf.constant(captions[0])).tolist() == expected
     assert tokenizer(np.array(captions[:2])) == ids[:2]
     assert tokenizer(tf.constant(captions[:2])) == ids[:2]
-    cased = AIMV2Tokenizer(proto=tokenizer.proto, lowercase=False)
-    assert cased(captions[0]).tolist() != single.tolist()
+    messy = [f"  {c.upper()} \n" for c in captions[:2]]
+    assert tokenizer(messy) == ids[:2]
+    assert tokenizer(tf.constant(messy)) == ids[:2]
+    raw = AIMV2Tokenizer(proto=tokenizer.proto, normalize=False)
+    assert raw(captions[0].upper()).tolist() != single.tolist()
 
 
 def test_graph_mode_matches_eager(tokenizer):
@@ -188,6 +197,6 @@ def test_saved_in_preset(tmp_path, tokenizer):
     )
     loaded = AIMV2Tokenizer.from_preset(preset)
     assert isinstance(loaded, AIMV2Tokenizer)
-    assert loaded.pad_token_id == 1 and loaded.lowercase
+    assert loaded.pad_token_id == 1 and loaded.normalize
     captions = make_captions(4, seed=6)
     assert loaded(captions) == tokenizer(captions)

@@ -1,10 +1,11 @@
 """Train a SentencePiece caption tokenizer for `AIMV2Tokenizer`.
 
-AIMv2 uses SigLIP's SentencePiece model (32000 pieces, lowercased text),
-which cannot be downloaded here. This trains a model of the same kind on
-your own captions, offline, with ids that `AIMV2Tokenizer` reads from the
-proto: pad 0, end of sequence 1, unknown 2 and no start token (the AIMv2
-decoder prepends its own).
+AIMv2 uses SigLIP's SentencePiece model (32000 pieces, on cleaned,
+lowercased text), which cannot be downloaded here. This trains a model of
+the same kind on your own captions, offline, cleaned as `AIMV2Tokenizer`
+cleans them before tokenizing (`keras_aimv2.captions`), with ids that
+`AIMV2Tokenizer` reads from the proto: pad 0, end of sequence 1, unknown 2
+and no start token (the AIMv2 decoder prepends its own).
 
 Example:
 
@@ -18,6 +19,7 @@ import itertools
 import os
 import sys
 
+from keras_aimv2.captions import normalize_caption
 from keras_aimv2.validation import check_positive_int
 
 MODEL_TYPES = ("unigram", "bpe")
@@ -79,7 +81,8 @@ def train_sentencepiece(
     model_prefix_or_path,
     vocabulary_size=32000,
     model_type="unigram",
-    lowercase=True,
+    normalize=True,
+    remove_punctuation=False,
     character_coverage=0.9995,
     max_captions=None,
     pad_id=0,
@@ -90,9 +93,10 @@ def train_sentencepiece(
 ):
     """Train a SentencePiece model on captions and write it to a file.
 
-    Captions are lowercased (as `AIMV2Tokenizer` does before tokenizing)
-    and streamed to the `sentencepiece` trainer, which keeps at most a few
-    million of them in memory. The special pieces are `<pad>`, `</s>` and
+    Captions are cleaned (as `AIMV2Tokenizer` cleans them before
+    tokenizing: `keras_aimv2.captions.normalize_caption`) and streamed to
+    the `sentencepiece` trainer, which keeps at most a few million of them
+    in memory. The special pieces are `<pad>`, `</s>` and
     `<unk>` at the given ids; a negative id leaves that piece out. Training
     is deterministic for a given input with `num_threads=1`.
 
@@ -105,7 +109,10 @@ def train_sentencepiece(
         vocabulary_size: int. Number of pieces, special ones included.
             Defaults to `32000`, the size of SigLIP's model.
         model_type: str. `"unigram"` or `"bpe"`. Defaults to `"unigram"`.
-        lowercase: bool. Lowercase the captions first. Defaults to `True`.
+        normalize: bool. Clean the captions first, as the tokenizer does;
+            pass the tokenizer's own setting. Defaults to `True`.
+        remove_punctuation: bool. Also delete punctuation (the tokenizer's
+            setting of the same name). Defaults to `False`.
         character_coverage: float. Share of characters the vocabulary must
             cover; rarer ones become `<unk>`. Defaults to `0.9995`.
         max_captions: int or `None`. Most captions to read. Defaults to
@@ -169,7 +176,9 @@ def train_sentencepiece(
         path += ".model"
     if isinstance(captions, (str, os.PathLike)):
         captions = iter_captions(captions)
-    sentences = _training_sentences(captions, lowercase, max_captions)
+    sentences = _training_sentences(
+        captions, normalize, remove_punctuation, max_captions
+    )
 
     model = io.BytesIO()
     options = dict(
@@ -206,7 +215,7 @@ def train_sentencepiece(
     return path
 
 
-def _training_sentences(captions, lowercase, limit):
+def _training_sentences(captions, normalize, remove_punctuation, limit):
     count = 0
     for caption in itertools.islice(captions, limit):
         if isinstance(caption, bytes):
@@ -216,12 +225,14 @@ def _training_sentences(captions, lowercase, limit):
                 "`captions` must hold strings or bytes. Received an item of "
                 f"type {type(caption).__name__}: {caption!r}"
             )
+        if normalize:
+            caption = normalize_caption(caption, remove_punctuation)
         # SentencePiece reads one sentence per line.
         caption = " ".join(caption.split())
         if not caption:
             continue
         count += 1
-        yield caption.lower() if lowercase else caption
+        yield caption
     if count == 0:
         raise ValueError("`captions` holds no non-empty caption.")
 
@@ -249,7 +260,8 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(
         description="Train a SentencePiece caption tokenizer for AIMv2 "
-        "(pad 0, end 1, unknown 2, no start token, lowercased text)."
+        "(pad 0, end 1, unknown 2, no start token, cleaned lowercased "
+        "text)."
     )
     parser.add_argument(
         "--captions",
@@ -269,9 +281,16 @@ def main(argv=None):
     )
     parser.add_argument("--character-coverage", type=float, default=0.9995)
     parser.add_argument(
-        "--keep-case",
+        "--raw-text",
         action="store_true",
-        help="Do not lowercase (AIMV2Tokenizer lowercases by default).",
+        help="Do not clean the captions (for a tokenizer built with "
+        "normalize=False; AIMV2Tokenizer cleans and lowercases by default).",
+    )
+    parser.add_argument(
+        "--remove-punctuation",
+        action="store_true",
+        help="Delete punctuation, as SigLIP's tokenizer does (for a "
+        "tokenizer built with remove_punctuation=True).",
     )
     parser.add_argument("--num-threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -284,7 +303,8 @@ def main(argv=None):
         args.output,
         vocabulary_size=args.vocabulary_size,
         model_type=args.model_type,
-        lowercase=not args.keep_case,
+        normalize=not args.raw_text,
+        remove_punctuation=args.remove_punctuation,
         character_coverage=args.character_coverage,
         num_threads=args.num_threads,
     )

@@ -198,22 +198,32 @@ class AIMV2Pretrainer(Task):
             "prefix_lengths": prefix_lengths,
         }
 
-    def greedy_caption_ids(self, images, max_length=None, prefix_lengths=None):
+    def greedy_caption_ids(
+        self, images, max_length=None, prefix_lengths=None, end_token_id=None
+    ):
         """Greedy-decode caption token ids from the decoder.
 
         The encoder reads the images with the widest prefix (every patch but
         the last seen bidirectionally) unless `prefix_lengths` is given; the
-        decoder then emits, token by token, the most likely next token.
+        decoder then emits, token by token, the most likely next token,
+        until every caption has emitted `end_token_id` or `max_length`
+        tokens are out. A tokenizer whose pad and end ids differ trains the
+        end token as a target, so captions stop there; one that pads with
+        its end token (SigLIP's) never trains it, and decoding runs to
+        `max_length`.
 
         Args:
             images: float tensor `(batch, height, width, channels)`,
                 normalized as in training.
-            max_length: int. Tokens to emit. Defaults to `context_length`.
+            max_length: int. Most tokens to emit. Defaults to
+                `context_length`.
             prefix_lengths: int tensor `(batch,)` or `None`.
+            end_token_id: int or `None`. Stop once every row emitted it.
+                Defaults to `None`.
 
         Returns:
-            Int32 tensor `(batch, max_length)`; cut each row at the
-            tokenizer's end token.
+            Int32 tensor `(batch, length)`, `length <= max_length`; cut
+            each row at its first end token.
         """
         max_length = max_length or self.context_length
         patch_tokens = self.backbone.patch_embedding(images)
@@ -224,11 +234,18 @@ class AIMV2Pretrainer(Task):
             patch_tokens, prefix_lengths=prefix_lengths
         )
         token_ids = ops.zeros((batch, 0), "int32")
+        ended = ops.zeros((batch,), "bool")
         for _ in range(max_length):
             hidden = self.decoder(features, token_ids)
             logits = self.text_head(hidden[:, -1:])
             next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
             token_ids = ops.concatenate([token_ids, next_ids], axis=1)
+            if end_token_id is not None:
+                ended = ops.logical_or(
+                    ended, ops.equal(next_ids[:, 0], end_token_id)
+                )
+                if bool(ops.convert_to_numpy(ops.all(ended))):
+                    break
         return token_ids
 
     def compute_loss(

@@ -17,13 +17,16 @@ class AIMV2PretrainerPreprocessor(Preprocessor):
     """Turns images and captions into `AIMV2Pretrainer` inputs.
 
     Images go through the image converter (resizing and mean/std
-    normalization). Captions are lowercased and tokenized, get the end
-    token appended and are right-padded with the pad token to
+    normalization). Captions are cleaned and tokenized (`AIMV2Tokenizer`),
+    get the end token appended and are right-padded with the pad token to
     `context_length`, as in AIMv2 ("Multimodal Autoregressive Pre-training
     of Large Vision Encoders", Fini et al., CVPR 2025). A caption longer
     than `context_length - 1` tokens is cut to that many and still ends
     with the end token, so every sequence is terminated. No start token is
-    added: the AIMv2 decoder prepends its own.
+    added: the AIMv2 decoder prepends its own. The text targets follow
+    AIMv2's trainer: a position counts iff its token is not the pad token,
+    so the end token is a target when its id differs from the pad id and
+    never when they share one (as with SigLIP's tokenizer).
 
     Attached to `AIMV2Pretrainer(..., preprocessor=...)`, it runs inside the
     `tf.data` pipeline of `fit`, `evaluate` and `predict`; called directly,
@@ -38,9 +41,9 @@ class AIMV2PretrainerPreprocessor(Preprocessor):
         sample_weight: passed through. Defaults to `None`.
 
     Returns a dict with `"images"` (normalized float32), `"token_ids"`
-    (int32, `(batch, context_length)`) and `"padding_mask"` (bool, true for
-    the caption's tokens and its end token), packed with `y` and
-    `sample_weight` as keras does.
+    (int32, `(batch, context_length)`) and `"padding_mask"` (bool, true
+    where the token is not the pad token: the text targets), packed with
+    `y` and `sample_weight` as keras does.
 
     Args:
         tokenizer: `keras_aimv2.AIMV2Tokenizer`. Tokenizes the captions;
@@ -104,7 +107,6 @@ class AIMV2PretrainerPreprocessor(Preprocessor):
             sequence_length=self.context_length,
             end_value=self.tokenizer.end_token_id,
             pad_value=self.tokenizer.pad_token_id,
-            return_padding_mask=True,
             name="packer",
         )
         self.built = True
@@ -140,12 +142,14 @@ class AIMV2PretrainerPreprocessor(Preprocessor):
         images = x["images"]
         if self.image_converter is not None:
             images = self.image_converter(images)
-        images = _cast_float32(images)
-        token_ids, padding_mask = self.packer(self.tokenizer(x["captions"]))
+        images = _ops_for(images).cast(images, "float32")
+        token_ids = self.packer(self.tokenizer(x["captions"]))
         outputs = {
             "images": images,
             "token_ids": token_ids,
-            "padding_mask": padding_mask,
+            "padding_mask": _ops_for(token_ids).not_equal(
+                token_ids, self.tokenizer.pad_token_id
+            ),
         }
         if x.get("prefix_lengths") is not None:
             outputs["prefix_lengths"] = x["prefix_lengths"]
@@ -157,11 +161,10 @@ class AIMV2PretrainerPreprocessor(Preprocessor):
         return config
 
 
-def _cast_float32(images):
-    """Cast images to float32 with the ops of the tensor's own framework."""
-    module = type(images).__module__
-    if module.startswith("tensorflow"):
+def _ops_for(tensor):
+    """TensorFlow for its own tensors (inside `tf.data`), else `keras.ops`."""
+    if type(tensor).__module__.startswith("tensorflow"):
         import tensorflow as tf
 
-        return tf.cast(images, "float32")
-    return keras.ops.cast(images, "float32")
+        return tf
+    return keras.ops

@@ -1,42 +1,41 @@
-"""The AIMv2 caption tokenizer: SigLIP-style SentencePiece, lowercased."""
+"""The AIMv2 caption tokenizer: SigLIP-style SentencePiece on clean text."""
 
-import numpy as np
 from keras_hub.tokenizers import SentencePieceTokenizer
 
 from keras_aimv2.api import register
+from keras_aimv2.captions import normalize_captions
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
-
-try:
-    import tensorflow as tf
-except ImportError:
-    tf = None
 
 
 @register
 class AIMV2Tokenizer(SentencePieceTokenizer):
     """SentencePiece tokenizer of AIMv2 captions.
 
-    AIMv2 tokenizes captions with SigLIP's SentencePiece model (32000 pieces)
-    after lowercasing them, appends the end-of-sequence token and pads to 77
-    tokens ("Multimodal Autoregressive Pre-training of Large Vision
-    Encoders", Fini et al., CVPR 2025). This layer does the lowercasing and
-    the SentencePiece step and knows the end and pad ids; appending the end
-    token and padding is left to `AIMV2PretrainerPreprocessor`, as in
+    AIMv2 tokenizes captions with SigLIP's SentencePiece model (32000
+    pieces), appends the end token and pads to 77 tokens ("Multimodal
+    Autoregressive Pre-training of Large Vision Encoders", Fini et al.,
+    CVPR 2025). Its trainer first cleans the text: broken Unicode repaired,
+    HTML unescaped, whitespace collapsed, lowercased
+    (`keras_aimv2.captions.normalize_caption`). This layer cleans the text
+    and runs SentencePiece, and knows the end and pad ids; appending the
+    end token and padding is left to `AIMV2PretrainerPreprocessor`, as in
     keras-hub. It never adds a start token: the AIMv2 decoder prepends its
     own learned one.
 
-    The end and pad tokens default to the pieces the proto declares
-    (`eos_id` and `pad_id`). A proto without a pad piece pads with the end
-    token. AIMv2 pads SigLIP's captions with `</s>` (id 1), which is also
-    their end token: pass `pad_token="</s>"` to reproduce that whatever pad
-    piece the proto declares; the end token is then never a training
-    target. `keras_aimv2.data.tokenizer_training` trains protos with
-    distinct ids (pad 0, end 1, unknown 2).
+    Which tokens are training targets follows from the pad id: every
+    position whose token is not the pad token (AIMv2's trainer ignores the
+    pad id in its loss). The end and pad tokens default to the pieces the
+    proto declares (`eos_id` and `pad_id`), or the end token when the proto
+    declares no pad piece. With distinct ids, as in the protos
+    `keras_aimv2.data.tokenizer_training` trains (pad 0, end 1, unknown
+    2), the end token is a target and the decoder learns where captions
+    end. AIMv2's trainer reads SigLIP's model through transformers'
+    `SiglipTokenizer`, which pads with the end token `</s>` (id 1, so the
+    end is never a target) and also deletes punctuation:
+    `AIMV2Tokenizer(proto, pad_token="</s>", remove_punctuation=True)`
+    gives its ids.
 
-    The proto is saved as an asset of keras-hub presets. Lowercasing uses
-    `str.lower` eagerly and `tf.strings.lower(..., encoding="utf-8")` inside
-    `tf.data`; the two agree except for the few characters whose Unicode
-    lowercase takes more than one code point.
+    The proto is saved as an asset of keras-hub presets.
 
     Args:
         proto: str, bytes or `None`. Path to a SentencePiece model file or
@@ -47,8 +46,11 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
         pad_token: str or `None`. Piece that pads captions. `None` uses the
             proto's pad piece, or the end token when the proto has none.
             Defaults to `None`.
-        lowercase: bool. Lowercase text before tokenizing it. Defaults to
-            `True`.
+        normalize: bool. Clean the text as AIMv2's trainer does before
+            tokenizing it. Defaults to `True`.
+        remove_punctuation: bool. Also delete ASCII punctuation, as SigLIP's
+            tokenizer does (only with `normalize=True`). Defaults to
+            `False`.
         **kwargs: other keyword arguments passed to
             `keras_hub.tokenizers.SentencePieceTokenizer` (`sequence_length`,
             `dtype`, `name`).
@@ -56,9 +58,9 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
     Example:
 
     >>> tokenizer = AIMV2Tokenizer(proto="tokenizer.model")
-    >>> ids = tokenizer("A Photo of a Dog")
+    >>> ids = tokenizer("A Photo  of a Dog &amp; a cat")
     >>> tokenizer.detokenize(ids)
-    'a photo of a dog'
+    'a photo of a dog & a cat'
     >>> tokenizer.end_token_id, tokenizer.pad_token_id
     (1, 0)
     """
@@ -70,7 +72,8 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
         proto=None,
         end_token=None,
         pad_token=None,
-        lowercase=True,
+        normalize=True,
+        remove_punctuation=False,
         **kwargs,
     ):
         for name, value in (("end_token", end_token), ("pad_token", pad_token)):
@@ -85,7 +88,9 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
                 "prepends its own learned start token. Received: "
                 "add_bos=True"
             )
-        self.lowercase = bool(lowercase)
+        # Presets saved before `normalize` existed name its lowercasing.
+        self.normalize = bool(kwargs.pop("lowercase", normalize))
+        self.remove_punctuation = bool(remove_punctuation)
         self._requested_end_token = end_token
         self._requested_pad_token = pad_token
         self._add_special_token(end_token, "end_token")
@@ -115,13 +120,8 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
         super()._update_special_token_ids()
 
     def tokenize(self, inputs):
-        if self.lowercase:
-            if self._use_tf_workflow():
-                inputs = tf.strings.lower(
-                    tf.convert_to_tensor(inputs), encoding="utf-8"
-                )
-            else:
-                inputs = _lowercase_python(inputs)
+        if self.normalize:
+            inputs = normalize_captions(inputs, self.remove_punctuation)
         return super().tokenize(inputs)
 
     def get_config(self):
@@ -130,27 +130,8 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
             {
                 "end_token": self._requested_end_token,
                 "pad_token": self._requested_pad_token,
-                "lowercase": self.lowercase,
+                "normalize": self.normalize,
+                "remove_punctuation": self.remove_punctuation,
             }
         )
         return config
-
-
-def _lowercase_python(inputs):
-    """Lowercase a string, or a list or 0/1-d array of strings."""
-    if isinstance(inputs, bytes):
-        return inputs.decode("utf-8").lower()
-    if isinstance(inputs, str):
-        return inputs.lower()
-    if isinstance(inputs, (list, tuple)):
-        return [_lowercase_python(item) for item in inputs]
-    if tf is not None and isinstance(inputs, tf.Tensor):
-        if inputs.dtype != tf.string:
-            return inputs
-        return _lowercase_python(inputs.numpy())
-    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "OSU":
-        if inputs.ndim > 1:
-            # Left as is: the tokenizer raises its own error for this rank.
-            return inputs
-        return _lowercase_python(inputs.tolist())
-    return inputs
