@@ -3,9 +3,16 @@
 Reads the weights of an AIMv2 vision encoder in any of the three layouts
 it is published in: Apple's own (`preprocessor.patchifier.proj.weight`,
 `trunk.blocks.N...`), Hugging Face transformers' `Aimv2VisionModel`
-(`embeddings.patch_embed.weight`, `encoder.layers.N...`, optionally under
-the `vision_model.` prefix of a CLIP-style `Aimv2Model`, with the LiT
-model's `head.*`) and timm's (`patch_embed.proj.weight`, `blocks.N...`).
+(`embeddings.patch_embed.weight`, `encoder.layers.N...`) and timm's
+(`patch_embed.proj.weight`, `blocks.N...`). The LiT model's image tower
+is also read out of the whole image-text checkpoint: under
+`image_encoder.` in Apple's `AIMv2LiT` (Apple's or timm's names; its
+attention-pool head as `head.cls_token`, `head.k`, `head.v`,
+`head.linear`) and under `vision_model.` in transformers' CLIP-style
+`Aimv2Model` (head `head.cls_token`, `head.k_proj`, `head.v_proj`,
+`head.output_proj`). Their text towers and projections are not converted:
+they are skipped, and listed in `conversion.json`.
+
 The configuration is inferred from the tensor shapes (and from a
 `config.json` beside the weights when there is one), every tensor is
 checked and mapped onto `AIMV2Backbone`, and the result is written as a
@@ -55,8 +62,18 @@ ATTENTION_POOL_WEIGHTS_FILE = "attention_pool.weights.h5"
 # heads when neither the caller nor a config.json gives it.
 RELEASED_HEAD_DIM = 128
 
+# The attention-pool head in apple/ml-aim's names (`AIMv2LiT`'s image
+# head); the `head_key`, `head_value` and `head_output` linear layers are
+# followed by `weight` or `bias`.
+_ML_AIM_HEAD = {
+    "head_query": "head.cls_token",
+    "head_key": "head.k.",
+    "head_value": "head.v.",
+    "head_output": "head.linear.",
+}
 # Source tensor names of each layout. `block` is the prefix of block `i`;
-# the per-block names follow it.
+# the per-block names follow it; the `head_*` names are those of the
+# LiT model's attention-pool head.
 _NAMES = {
     "apple": {
         "patch_weight": "preprocessor.patchifier.proj.weight",
@@ -72,6 +89,7 @@ _NAMES = {
         "up": "mlp.fc3.weight",
         "down": "mlp.fc2.weight",
         "final_norm": "trunk.post_trunk_norm.weight",
+        **_ML_AIM_HEAD,
     },
     "transformers": {
         "patch_weight": "embeddings.patch_embed.weight",
@@ -89,6 +107,10 @@ _NAMES = {
         "up": "ffn.up_proj.weight",
         "down": "ffn.down_proj.weight",
         "final_norm": "rms_norm.weight",
+        "head_query": "head.cls_token",
+        "head_key": "head.k_proj.",
+        "head_value": "head.v_proj.",
+        "head_output": "head.output_proj.",
     },
     "timm": {
         "patch_weight": "patch_embed.proj.weight",
@@ -104,22 +126,33 @@ _NAMES = {
         "up": "mlp.fc1_x.weight",
         "down": "mlp.fc2.weight",
         "final_norm": "norm.weight",
+        **_ML_AIM_HEAD,
     },
 }
-# Prefixes under which each layout may be stored.
+# Prefixes under which each layout may be stored: the image tower of a
+# LiT model, Apple's `AIMv2LiT` or transformers' `Aimv2Model`.
 _PREFIXES = {
-    "apple": ("",),
+    "apple": ("", "image_encoder."),
     "transformers": ("", "vision_model."),
-    "timm": ("",),
+    "timm": ("", "image_encoder."),
 }
-# Top-level names of a CLIP-style `Aimv2Model` outside its vision tower:
-# skipped (and recorded) when converting its `vision_model.`.
-_NON_VISION_NAMES = (
-    "text_model",
-    "text_projection",
-    "visual_projection",
-    "logit_scale",
-)
+# Top-level names of a LiT model outside its image tower, by the prefix
+# of that tower: its text tower and projections (and logit scale), skipped
+# (and recorded).
+_NON_VISION_NAMES = {
+    "image_encoder.": (
+        "text_encoder",
+        "image_projector",
+        "text_projector",
+        "log_logit_scale",
+    ),
+    "vision_model.": (
+        "text_model",
+        "text_projection",
+        "visual_projection",
+        "logit_scale",
+    ),
+}
 # Buffers some exports store that hold no parameters.
 _BUFFERS = {"transformers": ("embeddings.position_ids",)}
 
@@ -139,13 +172,13 @@ class ConvertedCheckpoint:
         image_converter: `AIMV2ImageConverter` with the checkpoint's
             preprocessing.
         layout: str. One of `LAYOUTS`.
-        prefix: str. Prefix of the encoder's keys (`""` or
-            `"vision_model."`).
+        prefix: str. Prefix of the encoder's keys: `""`, or that of a LiT
+            model's image tower (`"image_encoder."` or `"vision_model."`).
         config: dict. The `AIMV2Backbone` arguments inferred.
         num_heads_from: str. Where the number of heads came from.
         source_files: list of str. The safetensors files read.
         skipped_keys: list of str. Keys outside the vision encoder (a
-            CLIP-style model's text tower and projections) or holding no
+            LiT model's text tower and projections) or holding no
             parameters, left out on purpose.
     """
 
@@ -319,14 +352,18 @@ def detect_layout(keys):
 
     Returns:
         A tuple `(layout, prefix)`: one of `LAYOUTS` and the prefix of the
-        encoder's keys (`"vision_model."` for a CLIP-style transformers
-        `Aimv2Model`, else `""`).
+        encoder's keys (`"image_encoder."` for Apple's `AIMv2LiT`,
+        `"vision_model."` for transformers' CLIP-style `Aimv2Model`, else
+        `""`).
 
     Example:
 
     >>> detect_layout(["trunk.post_trunk_norm.weight",
     ...                "preprocessor.patchifier.proj.weight"])
     ('apple', '')
+    >>> detect_layout(["image_encoder.patch_embed.proj.weight",
+    ...                "text_encoder.trunk.post_trunk_norm.weight"])
+    ('timm', 'image_encoder.')
     """
     keys = set(keys)
     found = [
@@ -338,10 +375,16 @@ def detect_layout(keys):
     if len(found) != 1:
         seen = sorted(keys)[:8]
         markers = {layout: _NAMES[layout]["patch_weight"] for layout in LAYOUTS}
-        problem = "matches several layouts" if found else "is not recognized"
+        prefixes = {
+            layout: [p for p in _PREFIXES[layout] if p] for layout in LAYOUTS
+        }
+        problem = (
+            f"matches several layouts {found}" if found else "is not recognized"
+        )
         raise CheckpointError(
             f"The checkpoint layout {problem}: expected exactly one of the "
-            f"keys {markers} (transformers' also under `vision_model.`). "
+            f"keys {markers}, either alone or under the prefix of a LiT "
+            f"model's image tower {prefixes}. "
             f"Keys seen ({len(keys)} in all): {seen}"
         )
     return found[0]
@@ -639,58 +682,53 @@ def _encoder_rules(layout, prefix, config, has_pos_embed):
     return rules
 
 
-def _head_config(tensors, prefix):
+def _head_config(tensors, layout, prefix):
     """`(output_dim, use_bias)` of a `head.*` attention pool, or `None`."""
-    head = prefix + "head."
-    if not any(k.startswith(head) for k in tensors):
+    names = _NAMES[layout]
+    if not any(k.startswith(prefix + "head.") for k in tensors):
         return None
-    key = head + "output_proj.weight"
+    key = prefix + names["head_output"] + "weight"
     output_dim = _require(tensors, key, 2, "(output_dim, hidden_dim)")[0]
-    use_bias = (
-        head + "k_proj.bias" in tensors or head + "v_proj.bias" in tensors
+    use_bias = any(
+        prefix + names[name] + "bias" in tensors
+        for name in ("head_key", "head_value")
     )
     return output_dim, use_bias
 
 
-def _head_rules(prefix, hidden_dim, output_dim, use_bias):
-    head, d = prefix + "head.", hidden_dim
+def _head_rules(layout, prefix, hidden_dim, output_dim, use_bias):
+    names, d = _NAMES[layout], hidden_dim
+    output = prefix + names["head_output"]
     rules = [
         _Rule(
             "head.query",
-            (head + "cls_token",),
+            (prefix + names["head_query"],),
             ((1, 1, d),),
             lambda w: w.reshape(1, d),
         ),
         _Rule(
             "head.output_projection.kernel",
-            (head + "output_proj.weight",),
+            (output + "weight",),
             ((output_dim, d),),
             _linear,
         ),
         _Rule(
             "head.output_projection.bias",
-            (head + "output_proj.bias",),
+            (output + "bias",),
             ((output_dim,),),
             _same,
         ),
     ]
-    for ours, theirs in (("key", "k_proj"), ("value", "v_proj")):
+    for ours, theirs in (("key", "head_key"), ("value", "head_value")):
+        linear = prefix + names[theirs]
         rules.append(
             _Rule(
-                f"head.{ours}.kernel",
-                (f"{head}{theirs}.weight",),
-                ((d, d),),
-                _linear,
+                f"head.{ours}.kernel", (linear + "weight",), ((d, d),), _linear
             )
         )
         if use_bias:
             rules.append(
-                _Rule(
-                    f"head.{ours}.bias",
-                    (f"{head}{theirs}.bias",),
-                    ((d,),),
-                    _same,
-                )
+                _Rule(f"head.{ours}.bias", (linear + "bias",), ((d,),), _same)
             )
     return rules
 
@@ -699,11 +737,35 @@ def _skipped_keys(tensors, layout, prefix):
     skipped = []
     for key in tensors:
         if prefix and not key.startswith(prefix):
-            if key.split(".")[0] in _NON_VISION_NAMES:
+            if key.split(".")[0] in _NON_VISION_NAMES[prefix]:
                 skipped.append(key)
         elif key[len(prefix) :] in _BUFFERS.get(layout, ()):
             skipped.append(key)
     return sorted(skipped)
+
+
+def _skipped_message(skipped, prefix):
+    """Say which keys are skipped, and why, in one log line."""
+    outside, buffers = {}, []
+    for key in skipped:
+        if key.startswith(prefix):
+            buffers.append(key)
+        else:
+            outside.setdefault(key.split(".")[0], []).append(key)
+    parts = []
+    if outside:
+        groups = ", ".join(
+            keys[0] if len(keys) == 1 else f"{name}.* ({len(keys)} keys)"
+            for name, keys in outside.items()
+        )
+        parts.append(
+            "the LiT model's text tower and projections, which are not "
+            f"converted (only its image tower `{prefix}*` is): {groups}"
+        )
+    if buffers:
+        parts.append(f"buffers holding no parameters: {', '.join(buffers)}")
+    noun = "key" if len(skipped) == 1 else "keys"
+    return f"Skipping {len(skipped)} {noun}: {'; '.join(parts)}."
 
 
 def _check_rules(rules, tensors, skipped, description):
@@ -884,7 +946,9 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
     configuration and checks every tensor (no key missing, none left
     over, every shape as the configuration requires) before building any
     Keras object; then sets every weight of the backbone (and of an
-    `AttentionPool` for a `head.*`).
+    `AttentionPool` for a `head.*`). Of a whole LiT checkpoint only the
+    image tower and its head are converted: the text tower and the
+    projections are skipped (listed in `skipped_keys` and logged).
 
     Args:
         source: str. A `.safetensors` file or a checkpoint directory.
@@ -921,16 +985,16 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
     )
     has_pos = config["position_embedding"] == "learned"
     rules = _encoder_rules(layout, prefix, config, has_pos)
-    head = _head_config(tensors, prefix)
+    head = _head_config(tensors, layout, prefix)
     head_rules = []
     if head is not None:
-        head_rules = _head_rules(prefix, config["hidden_dim"], *head)
+        head_rules = _head_rules(layout, prefix, config["hidden_dim"], *head)
     skipped = _skipped_keys(tensors, layout, prefix)
     _check_rules(rules + head_rules, tensors, skipped, "AIMV2Backbone")
     if preset_name is not None:
         _check_preset_name(preset_name, config, head is not None)
     if skipped:
-        log(f"Skipping {len(skipped)} keys outside the vision encoder.")
+        log(_skipped_message(skipped, prefix))
 
     backbone = AIMV2Backbone(**config, dtype="float32")
     _assign(backbone, _backbone_variables(backbone), rules, tensors)

@@ -4,10 +4,13 @@ Peers are transformers' `Aimv2VisionModel`s with random (seeded) weights,
 perturbed so that every tensor matters: RMSNorm scales away from one,
 position embeddings and biases away from zero, projections at unit gain.
 Their `state_dict`s are saved as safetensors (renamed into Apple's and
-timm's layouts where needed), converted, and the Keras backbone must give
-the peer's `last_hidden_state` within 1e-4 (float32).
+timm's layouts where needed, the LiT model also into Apple's `AIMv2LiT`),
+converted, and the Keras backbone must give the peer's `last_hidden_state`
+(and the LiT head its pooled output) within 1e-4 (float32).
 """
 
+import contextlib
+import io
 import json
 import os
 
@@ -218,8 +221,9 @@ def test_native_parity_on_two_aspect_ratios(tmp_path):
         assert difference < TOLERANCE
 
 
-def test_lit_model_and_attention_pool_parity(tmp_path):
-    """A CLIP-style `Aimv2Model` with the LiT head, under `vision_model.`."""
+@pytest.fixture(scope="module")
+def lit():
+    """A small CLIP-style `Aimv2Model` with the LiT head, and its outputs."""
     config = Aimv2Config(
         vision_config=Aimv2VisionConfig(**SMALL, use_head=True),
         text_config=Aimv2TextConfig(
@@ -233,48 +237,58 @@ def test_lit_model_and_attention_pool_parity(tmp_path):
         projection_dim=16,
     )
     model = hf_model(Aimv2Model, config, seed=4)
-    state_dict = model.state_dict()
-    assert "vision_model.head.cls_token" in state_dict
-    path = save_state_dict(state_dict, tmp_path / "model.safetensors")
-    preset = tmp_path / "lit"
-    conversion.convert_checkpoint(path, preset, num_heads=2)
-
     images = images_of(56, 56, seed=5)
     features, pooled = hf_outputs(model.vision_model, images)
+    return {
+        "state_dict": model.state_dict(),
+        "images": images,
+        "features": features,
+        "pooled": pooled,
+    }
+
+
+def assert_lit_parity(lit, preset, name):
+    """The converted backbone and head give the transformers outputs."""
     backbone = keras_aimv2.AIMV2Backbone.from_preset(str(preset))
-    ours = backbone(images)
-    difference = max_difference(ours, features)
+    ours = backbone(lit["images"])
+    difference = max_difference(ours, lit["features"])
+    record(f"{name}-features", difference)
     assert difference < TOLERANCE
     pool = conversion.load_attention_pool(str(preset))
     assert isinstance(pool, keras_aimv2.layers.AttentionPool)
-    difference = max_difference(pool(ours), pooled)
-    record("attention-pool", difference)
+    difference = max_difference(pool(ours), lit["pooled"])
+    record(f"{name}-attention-pool", difference)
     assert difference < TOLERANCE
-    # The text tower and projections are set aside, and recorded.
+
+
+def test_lit_model_and_attention_pool_parity(lit, tmp_path):
+    """transformers' `Aimv2Model`: the image tower under `vision_model.`."""
+    state_dict = lit["state_dict"]
+    assert "vision_model.head.cls_token" in state_dict
+    path = save_state_dict(state_dict, tmp_path / "model.safetensors")
+    preset = tmp_path / "lit"
+    messages = []
+    conversion.convert_checkpoint(
+        path, preset, num_heads=2, log=messages.append
+    )
+    assert_lit_parity(lit, preset, "lit-transformers")
+    # The text tower and projections are set aside, recorded and logged.
     with open(preset / conversion.CONVERSION_FILE) as f:
         skipped = json.load(f)["skipped_keys"]
     assert "logit_scale" in skipped
     assert "visual_projection.weight" in skipped
     assert any(k.startswith("text_model.") for k in skipped)
     assert not any(k.startswith("vision_model.") for k in skipped)
+    (message,) = [m for m in messages if m.startswith("Skipping")]
+    assert "text_model.* (" in message and "logit_scale" in message
+    assert "not converted" in message
     with pytest.raises(FileNotFoundError, match="no attention-pool head"):
         conversion.load_attention_pool(str(tmp_path))
 
 
-def apple_layout(state_dict, depth):
-    """transformers' names and shapes -> Apple's (apple/ml-aim)."""
-    sd = state_dict
-    out = {
-        "preprocessor.patchifier.proj.weight": sd[
-            "embeddings.patch_embed.weight"
-        ],
-        "preprocessor.patchifier.proj.bias": sd["embeddings.patch_embed.bias"],
-        "preprocessor.patchifier.norm.weight": sd["embeddings.rms_norm.weight"],
-        "preprocessor.pos_embed": sd["embeddings.position_embedding.weight"][
-            None
-        ],
-        "trunk.post_trunk_norm.weight": sd["rms_norm.weight"],
-    }
+def apple_trunk(sd, depth):
+    """transformers' `encoder.layers.N` and final norm -> Apple's `trunk`."""
+    out = {"trunk.post_trunk_norm.weight": sd["rms_norm.weight"]}
     for i in range(depth):
         ours, theirs = f"trunk.blocks.{i}.", f"encoder.layers.{i}."
         attention = theirs + "attention."
@@ -291,6 +305,31 @@ def apple_layout(state_dict, depth):
                 ours + "mlp.fc2.weight": sd[theirs + "ffn.down_proj.weight"],
             }
         )
+    return out
+
+
+def apple_layout(state_dict, depth):
+    """transformers' names and shapes -> Apple's (apple/ml-aim).
+
+    A LiT head (`head.*`) is renamed into ml-aim's names.
+    """
+    sd = state_dict
+    out = {
+        "preprocessor.patchifier.proj.weight": sd[
+            "embeddings.patch_embed.weight"
+        ],
+        "preprocessor.patchifier.proj.bias": sd["embeddings.patch_embed.bias"],
+        "preprocessor.patchifier.norm.weight": sd["embeddings.rms_norm.weight"],
+        "preprocessor.pos_embed": sd["embeddings.position_embedding.weight"][
+            None
+        ],
+        **apple_trunk(sd, depth),
+    }
+    head = {"k_proj": "k", "v_proj": "v", "output_proj": "linear"}
+    for key, value in sd.items():
+        if key.startswith("head."):
+            _, name, *rest = key.split(".")
+            out[".".join(["head", head.get(name, name), *rest])] = value
     return out
 
 
@@ -314,6 +353,41 @@ def timm_layout(state_dict, depth):
             key = key.replace(old, new)
         out[key] = value
     return out
+
+
+def under(prefix, state_dict):
+    """The entries of `state_dict` under `prefix`, without it."""
+    return {
+        k[len(prefix) :]: v
+        for k, v in state_dict.items()
+        if k.startswith(prefix)
+    }
+
+
+def lit_layout(state_dict, vision_layout, depth=2, text_depth=1):
+    """transformers' `Aimv2Model` -> Apple's `AIMv2LiT` (apple/ml-aim).
+
+    The image tower is renamed by `vision_layout` (`apple_layout` or
+    `timm_layout`), the text tower and projections into Apple's names.
+    """
+    text = under("text_model.", state_dict)
+    apple_text = {
+        "preprocessor.text_embedding.weight": text[
+            "embeddings.token_embedding.weight"
+        ],
+        "preprocessor.positional_embedding": text[
+            "embeddings.position_embedding.weight"
+        ],
+        **apple_trunk(text, text_depth),
+    }
+    image = vision_layout(under("vision_model.", state_dict), depth)
+    return {
+        **{f"image_encoder.{k}": v for k, v in image.items()},
+        **{f"text_encoder.{k}": v for k, v in apple_text.items()},
+        "image_projector.weight": state_dict["visual_projection.weight"],
+        "text_projector.weight": state_dict["text_projection.weight"],
+        "log_logit_scale": state_dict["logit_scale"],
+    }
 
 
 def test_apple_and_timm_layouts_give_identical_outputs(small, tmp_path):
@@ -357,6 +431,62 @@ def assert_fails_cleanly(state_dict, tmp_path, *fragments):
     assert not output.exists()
     assert sorted(os.listdir(tmp_path)) == ["broken.safetensors"]
     return str(error.value)
+
+
+@pytest.mark.parametrize("layout", ["apple", "timm"])
+def test_apple_lit_checkpoint_parity(lit, layout, tmp_path):
+    """Apple's `AIMv2LiT`: the image tower under `image_encoder.`."""
+    vision_layout = {"apple": apple_layout, "timm": timm_layout}[layout]
+    state_dict = lit_layout(lit["state_dict"], vision_layout)
+    for name in ("cls_token", "k.weight", "v.weight", "linear.bias"):
+        assert f"image_encoder.head.{name}" in state_dict
+    text_keys = {k for k in state_dict if not k.startswith("image_encoder.")}
+    assert "text_encoder.trunk.blocks.0.attn.qkv.weight" in text_keys
+    path = save_state_dict(state_dict, tmp_path / "model.safetensors")
+    preset = tmp_path / "lit"
+    # Through the command line, which prints the log messages.
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert conversion.main([path, str(preset), "--num-heads", "2"]) == 0
+    assert_lit_parity(lit, preset, f"lit-{layout}")
+
+    with open(preset / conversion.CONVERSION_FILE) as f:
+        saved = json.load(f)
+    assert saved["layout"] == layout
+    assert saved["key_prefix"] == "image_encoder."
+    assert set(saved["skipped_keys"]) == text_keys
+    printed = stdout.getvalue()
+    assert f"Layout: {layout} (prefix 'image_encoder.')" in printed
+    (message,) = [m for m in printed.splitlines() if "Skipping" in m]
+    assert f"Skipping {len(text_keys)} keys" in message
+    assert "text tower and projections, which are not converted" in message
+    assert f"text_encoder.* ({len(text_keys) - 3} keys)" in message
+    for name in ("image_projector.weight", "text_projector.weight"):
+        assert name in message
+    assert "log_logit_scale" in message
+
+
+def test_apple_lit_checkpoint_without_head_bias_fails(lit, tmp_path):
+    state_dict = lit_layout(lit["state_dict"], apple_layout)
+    del state_dict["image_encoder.head.linear.bias"]
+    assert_fails_cleanly(
+        state_dict,
+        tmp_path,
+        "missing key 'image_encoder.head.linear.bias'",
+        "(64,)",
+        "head.output_projection.bias",
+    )
+
+
+def test_layouts_in_two_prefixes_are_ambiguous(lit, tmp_path):
+    transformers = lit["state_dict"]
+    apple = lit_layout(transformers, apple_layout)
+    assert_fails_cleanly(
+        {**transformers, **{k: v.clone() for k, v in apple.items()}},
+        tmp_path,
+        "matches several layouts",
+        "('apple', 'image_encoder.')",
+        "('transformers', 'vision_model.')",
+    )
 
 
 def test_missing_key_fails_before_writing(small, tmp_path):
