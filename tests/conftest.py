@@ -1,11 +1,15 @@
 """Shared fixtures: tiny models and batches, on the backend of this run."""
 
+import importlib.util
+import os
+
 import keras
 import numpy as np
 import pytest
 
 import keras_aimv2
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BACKBONE = keras_aimv2.BACKBONE_CONFIGS["tiny"]
 TINY_DECODER = keras_aimv2.DECODER_CONFIGS["tiny"]
 
@@ -51,3 +55,12 @@ def batch():
 
 def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
+
+
+def load_tool(name):
+    """A module of `tools/`, imported by path."""
+    path = os.path.join(ROOT, "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

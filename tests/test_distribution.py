@@ -19,8 +19,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT
 from conftest import TINY_BACKBONE
 from conftest import TINY_DECODER
+from conftest import load_tool
 from conftest import make_batch
 from conftest import tiny_pretrainer
 from conftest import to_numpy
@@ -31,19 +33,7 @@ from keras_aimv2.cli import main
 from keras_aimv2.layers import prefix
 from keras_aimv2.training import compile_pretrainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = os.path.join(ROOT, "tools", "distributed_check.py")
-
-
-def load_tool(name):
-    """A module of `tools/`, imported by path."""
-    import importlib.util
-
-    path = os.path.join(ROOT, "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 check_tool = load_tool("distributed_check")

@@ -5,24 +5,18 @@ trainer's rules; the statistics are measured on a freshly built model wide
 enough for them to be tight (one block each, so that it builds in seconds).
 """
 
-import importlib.util
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
+from conftest import load_tool
 
 from keras_aimv2.layers import PixelHead
 from keras_aimv2.layers import TextHead
 from keras_aimv2.layers import initializers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SPEC = importlib.util.spec_from_file_location(
-    "init_table", os.path.join(ROOT, "tools", "init_table.py")
-)
-init_table = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(init_table)
+init_table = load_tool("init_table")
 
 # Different encoder and decoder widths, so that a fan taken from the wrong
 # side shows; 1,000 tokens.
