@@ -198,3 +198,17 @@ def test_remat_trains_exactly_like_keeping_activations(batch):
         moved += not np.allclose(start, before)
     # The step moved (nearly) every weight, identically with remat.
     assert moved >= len(weights) - 2
+
+
+def test_greedy_captions_stop_at_the_end_token_or_the_context(pretrainer):
+    images = make_batch(2)["images"]
+    context = TINY_DECODER["context_length"]
+    # Zero logits: the greedy token is always id 0.
+    kernel = pretrainer.text_head.dense.kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    ids = to_numpy(pretrainer.greedy_caption_ids(images, end_token_id=0))
+    assert ids.tolist() == [[0], [0]]
+    # An end token the model never emits: decoding runs to the context.
+    ids = to_numpy(pretrainer.greedy_caption_ids(images, end_token_id=1))
+    assert ids.shape == (2, context) and not ids.any()
+    assert to_numpy(pretrainer.greedy_caption_ids(images)).shape == (2, context)

@@ -441,6 +441,21 @@ def train_tokenizer(directory, captions):
     return path
 
 
+def test_tokens_are_counted_on_captions_cleaned_as_the_tokenizer_does(
+    tmp_path,
+):
+    from data_validation.features import TokenCounter
+
+    captions = [e[2] for e in clean_examples(NUM_CLEAN, seed=7)]
+    counter = TokenCounter(train_tokenizer(tmp_path, captions))
+    # Capitals, runs of whitespace and HTML entities count as the clean text.
+    messy = [
+        f"  {c.upper()}\t\n".replace(" ", " &nbsp; ") for c in captions[:6]
+    ]
+    assert counter.count(messy) == counter.count(captions[:6])
+    assert "cleaned" in counter.describe()
+
+
 def test_tokens_are_counted_with_the_sentencepiece_model(tmp_path):
     examples = clean_examples(NUM_CLEAN, seed=7)
     tokenizer = train_tokenizer(tmp_path, [e[2] for e in examples])

@@ -10,7 +10,9 @@ be computed (no image, an undecodable one, no caption) is missing (`None`),
 which TFDV counts as missing.
 """
 
+import importlib.util
 import io
+import os
 
 import pandas as pd
 import sentencepiece
@@ -59,13 +61,32 @@ COLUMNS = (
 )
 
 
+def _load_caption_cleaning():
+    """`keras_aimv2/captions.py`, read by path.
+
+    This environment cannot install the package (its TensorFlow is older),
+    and the module needs only ftfy and NumPy.
+    """
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "..", "keras_aimv2", "captions.py"
+    )
+    spec = importlib.util.spec_from_file_location("captions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.normalize_caption
+
+
+normalize_caption = _load_caption_cleaning()
+
+
 class TokenCounter:
     """Counts the tokens of captions as the project's preprocessor does.
 
     With a SentencePiece model, a caption's length is the number of pieces
-    of its lowercased text plus one for the end token, as
-    `AIMV2Tokenizer` and `AIMV2PretrainerPreprocessor` make it. Without one
-    it is approximated as the number of words plus one.
+    of its text cleaned as `AIMV2Tokenizer` cleans it (Unicode repaired,
+    HTML unescaped, whitespace collapsed, lowercased) plus one for the end
+    token, as `AIMV2PretrainerPreprocessor` makes it. Without one it is
+    approximated as the number of words plus one.
 
     Args:
         model_path: str or `None`. Path of a SentencePiece model file.
@@ -87,8 +108,8 @@ class TokenCounter:
                 "SentencePiece model for exact counts)"
             )
         return (
-            f"SentencePiece model {self.model_path} on lowercased text, + 1 "
-            "for the end token"
+            f"SentencePiece model {self.model_path} on cleaned, lowercased "
+            "text, + 1 for the end token"
         )
 
     def count(self, captions):
@@ -114,7 +135,7 @@ class TokenCounter:
     def _lengths(self, texts):
         if self.processor is None:
             return [len(text.split()) for text in texts]
-        pieces = self.processor.encode([text.lower() for text in texts])
+        pieces = self.processor.encode([normalize_caption(t) for t in texts])
         return [len(ids) for ids in pieces]
 
 
