@@ -77,8 +77,9 @@ def test_inference_is_compared_with_transformers(report):
         if r.get("workload") == "tiny"
         and r["variant"] == keras.config.backend()
     ]
+    # The speed-up is stored with two decimals.
     assert row["encoder_speedup_vs_transformers"] == pytest.approx(
-        reference[0]["encoder_ms"] / row["encoder_ms"], rel=0.01
+        reference[0]["encoder_ms"] / row["encoder_ms"], rel=0.01, abs=0.005
     )
     assert "| tiny | " + keras.config.backend() + " |" in stdout
 
