@@ -1,12 +1,15 @@
 """Synthetic captions, images, shards and tokenizers for the data tests."""
 
 import io
+import json
 import os
 import random
+import tarfile
 
 import numpy as np
 from PIL import Image
 
+from keras_aimv2.data.shards import SKIPPED_NAME
 from keras_aimv2.data.shards import write_shards
 from keras_aimv2.data.tokenizer_training import train_sentencepiece
 
@@ -74,3 +77,16 @@ def write_tiny_shards(directory, count=20, examples_per_shard=8):
         verbose=False,
     )
     return captions
+
+
+def add_tar_member(archive, name, data):
+    """Add a file `name` holding the bytes `data` to an open tar."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def read_skipped(directory):
+    """The records of the `skipped.jsonl` of a dataset directory."""
+    with open(os.path.join(directory, SKIPPED_NAME), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from _data_helpers import read_skipped
 from PIL import Image
 
 from keras_aimv2.data import shards
@@ -51,8 +52,14 @@ def test_round_trip_keeps_bytes_captions_and_order(tmp_path):
     assert manifest["image_formats"] == {"JPEG": 4, "PNG": 3}
     assert manifest["parameters"]["examples_per_shard"] == 3
     assert [s["num_examples"] for s in manifest["shards"]] == [3, 3, 1]
+    assert [s["bytes"] for s in manifest["shards"]] == [
+        os.path.getsize(tmp_path / s["file"]) for s in manifest["shards"]
+    ]
+    assert manifest["skipped_examples"] == "skipped.jsonl"
+    assert (tmp_path / "skipped.jsonl").read_text() == ""
     assert sorted(os.listdir(tmp_path)) == [
         "manifest.json",
+        "skipped.jsonl",
         "train-00000-of-00003.tfrecord",
         "train-00001-of-00003.tfrecord",
         "train-00002-of-00003.tfrecord",
@@ -85,13 +92,15 @@ def test_invalid_examples_are_counted_and_skipped(tmp_path, capsys):
             ("blank", good[0][1], " \n\t "),
             ("no-image", None, "a caption"),
             ("no-caption", good[0][1], None),
-            ("latin-1", good[0][1], "caf\xe9".encode("latin-1")),
+            ("latin-1", good[0][1], "caf\xe9".encode("latin-1"), "a.txt:3"),
+            ("number", good[0][1], 12),
         ]
         + good[2:]
     )
     manifest = shards.write_shards(examples, tmp_path, source="test")
     assert manifest["num_examples"] == 4
     assert manifest["skipped"] == {
+        "caption_not_string": 1,
         "empty_caption": 2,
         "missing_caption": 1,
         "missing_image": 1,
@@ -105,11 +114,21 @@ def test_invalid_examples_are_counted_and_skipped(tmp_path, capsys):
         capsys.readouterr()
         .out.strip()
         .endswith(
-            "wrote 4 examples in 1 shard; skipped 7 (empty_caption: 2, "
-            "missing_caption: 1, missing_image: 1, undecodable_caption: 1, "
-            "undecodable_image: 2)"
+            "wrote 4 examples in 1 shard; skipped 8 (caption_not_string: 1, "
+            "empty_caption: 2, missing_caption: 1, missing_image: 1, "
+            "undecodable_caption: 1, undecodable_image: 2)"
         )
     )
+    assert read_skipped(tmp_path) == [
+        {"key": "garbage", "reason": "undecodable_image"},
+        {"key": "truncated", "reason": "undecodable_image"},
+        {"key": "empty", "reason": "empty_caption"},
+        {"key": "blank", "reason": "empty_caption"},
+        {"key": "no-image", "reason": "missing_image"},
+        {"key": "no-caption", "reason": "missing_caption"},
+        {"key": "latin-1", "reason": "undecodable_caption", "where": "a.txt:3"},
+        {"key": "number", "reason": "caption_not_string"},
+    ]
 
 
 def test_other_formats_are_converted_to_png(tmp_path):
@@ -170,6 +189,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [
         "manifest.json",
         "notes.txt",
+        "skipped.jsonl",
         "train-00000-of-00001.tfrecord",
     ]
     assert len(_read_all(tmp_path)) == 1
@@ -184,7 +204,7 @@ def test_interrupted_overwrite_keeps_the_old_dataset(tmp_path):
             overwrite=True,
             verbose=False,
         )
-    assert len(os.listdir(tmp_path)) == 2
+    assert len(os.listdir(tmp_path)) == 3
     assert len(_read_all(tmp_path)) == 4
 
 

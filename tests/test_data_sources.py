@@ -6,6 +6,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from _data_helpers import add_tar_member
 from PIL import Image
 
 from keras_aimv2.data import build
@@ -38,13 +39,14 @@ def test_folder_source_reads_jsonl(tmp_path, image_dir):
     captions = tmp_path / "captions.jsonl"
     captions.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     examples = list(sources.folder_source(image_dir, captions))
-    assert [(key, caption) for key, _, caption in examples] == [
+    assert [(key, caption) for key, _, caption, _ in examples] == [
         ("a.png", "a red patch"),
         ("sub/b.jpg", "a blue patch"),
         ("gone.png", "no such file"),
     ]
     assert examples[0][1] == (image_dir / "a.png").read_bytes()
     assert examples[2][1] is None
+    assert [e[3] for e in examples] == [f"{captions}:{n}" for n in (1, 2, 3)]
 
     manifest = shards.write_shards(examples, tmp_path / "out", verbose=False)
     assert manifest["num_examples"] == 2
@@ -65,22 +67,21 @@ def test_folder_source_reads_csv(tmp_path, image_dir):
 
 def test_folder_source_errors_name_the_problem(tmp_path, image_dir):
     captions = tmp_path / "captions.jsonl"
-    captions.write_text('{"image": "a.png", "caption": "x"}\n{"image": "a"}\n')
+    captions.write_text('{"image": "a.png", "caption": "x"}\n')
     with pytest.raises(FileNotFoundError, match="absent"):
         sources.folder_source(tmp_path / "absent", captions)
     with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
         sources.folder_source(image_dir, tmp_path / "nothing.jsonl")
-    with pytest.raises(ValueError, match=r"line 2: no caption.*'text'"):
-        list(sources.folder_source(image_dir, captions))
+    (tmp_path / "captions.csv").write_text("image,description\na.png,x\n")
+    with pytest.raises(
+        ValueError,
+        match=r"captions.csv' has no caption column\. Expected one of "
+        r"\['caption', 'text'\].*found \['image', 'description'\]",
+    ):
+        sources.folder_source(image_dir, tmp_path / "captions.csv")
     (tmp_path / "captions.txt").write_text("a.png red\n")
     with pytest.raises(ValueError, match=r"\.jsonl, \.csv or \.tsv"):
         sources.folder_source(image_dir, tmp_path / "captions.txt")
-
-
-def _add(archive, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture
@@ -89,16 +90,18 @@ def tar_dir(tmp_path):
     directory.mkdir()
     jpeg, png = _encode((0, 255, 0), "JPEG"), _encode((9, 9, 9), "PNG")
     with tarfile.open(directory / "00000.tar", "w") as archive:
-        _add(archive, "000000000.jpg", jpeg)
-        _add(archive, "000000000.txt", b"a green square\n")
-        _add(archive, "000000001.png", png)
-        _add(archive, "000000001.json", b'{"caption": "a dark one", "w": 5}')
-        _add(archive, "000000002.jpg", jpeg)
-        _add(archive, "000000002.json", b'{"url": "no caption here"}')
+        add_tar_member(archive, "000000000.jpg", jpeg)
+        add_tar_member(archive, "000000000.txt", b"a green square\n")
+        add_tar_member(archive, "000000001.png", png)
+        add_tar_member(
+            archive, "000000001.json", b'{"caption": "a dark one", "w": 5}'
+        )
+        add_tar_member(archive, "000000002.jpg", jpeg)
+        add_tar_member(archive, "000000002.json", b'{"url": "no caption here"}')
     with tarfile.open(directory / "00001.tar", "w") as archive:
-        _add(archive, "000010000.txt", b"text without an image")
-        _add(archive, "000010001.webp", _encode((1, 2, 3), "WEBP"))
-        _add(archive, "000010001.txt", b"from the second tar")
+        add_tar_member(archive, "000010000.txt", b"text without an image")
+        add_tar_member(archive, "000010001.webp", _encode((1, 2, 3), "WEBP"))
+        add_tar_member(archive, "000010001.txt", b"from the second tar")
     return directory
 
 

@@ -13,6 +13,7 @@ python tools/build_dataset.py webdataset --tars 'shards/*.tar' \\
 """
 
 import argparse
+import os
 import sys
 
 from keras_aimv2.data import fashion_mnist
@@ -21,23 +22,31 @@ from keras_aimv2.data import shards
 from keras_aimv2.data import sources
 
 
-def main(argv=None):
+def main(argv=None, prog="build_dataset.py"):
     """Build a dataset as the command line `argv` asks.
+
+    Rows that cannot be used (missing or undecodable images, bad captions,
+    unreadable rows, image paths outside the image folder, damaged tars)
+    never stop the build: they are counted by reason in the manifest and
+    listed in `skipped.jsonl` beside it.
 
     Args:
         argv: list of str or `None`. The arguments, without the program
             name. Defaults to `None`, which reads `sys.argv`.
+        prog: str. The name of the command in usage and error messages,
+            e.g. `"aimv2 build-dataset"`. Defaults to `"build_dataset.py"`.
 
     Returns:
-        `0` once the dataset is written. Bad arguments, missing inputs and a
-        non-empty output directory exit with status 2 and a message.
+        `0` once the dataset is written. `--help` exits with status 0 after
+        printing the usage; bad arguments, missing inputs and a non-empty
+        output directory exit with status 2 and a message.
     """
-    parser = _parser()
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     try:
         examples, source, metadata = _SOURCES[args.command](args)
         print(f"building {source} into {args.output}", file=sys.stderr)
-        shards.write_shards(
+        manifest = shards.write_shards(
             examples,
             args.output,
             examples_per_shard=args.examples_per_shard,
@@ -49,6 +58,9 @@ def main(argv=None):
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"dataset written to {args.output}", file=sys.stderr)
+    if manifest["skipped"]:
+        listing = os.path.join(args.output, manifest["skipped_examples"])
+        print(f"skipped examples are listed in {listing}", file=sys.stderr)
     return 0
 
 
@@ -64,9 +76,9 @@ def _positive_int(text):
     return value
 
 
-def _parser():
+def _parser(prog):
     parser = argparse.ArgumentParser(
-        prog="build_dataset.py",
+        prog=prog,
         description="Write image-caption examples as TFRecord shards with a "
         "manifest, skipping and counting invalid examples.",
     )

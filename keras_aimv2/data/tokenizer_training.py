@@ -242,15 +242,19 @@ def _check_limit(limit, name="limit"):
         check_positive_int(name, limit)
 
 
-def main(argv=None):
+def main(argv=None, prog="train_tokenizer.py"):
     """Command line: train a tokenizer from a caption file or shards.
 
     Args:
         argv: list of str or `None`. Arguments without the program name.
             Defaults to `None` (`sys.argv[1:]`).
+        prog: str. The name of the command in usage and error messages,
+            e.g. `"aimv2 train-tokenizer"`. Defaults to
+            `"train_tokenizer.py"`.
 
     Returns:
-        int. The exit status, `0` on success.
+        int. The exit status, `0` on success. `--help` exits with status 0
+        after printing the usage.
 
     Example:
 
@@ -259,9 +263,10 @@ def main(argv=None):
     0
     """
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="Train a SentencePiece caption tokenizer for AIMv2 "
         "(pad 0, end 1, unknown 2, no start token, cleaned lowercased "
-        "text)."
+        "text).",
     )
     parser.add_argument(
         "--captions",
