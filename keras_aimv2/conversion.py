@@ -792,13 +792,45 @@ def _check_rules(rules, tensors, skipped, description):
             f"{description} has no weight for it"
         )
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = len(problems) - 20
         raise CheckpointError(
             f"The checkpoint does not match {description} "
-            f"({len(problems)} problems):\n  {shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
+            f"({len(problems)} problems):{_listed(problems)}"
         )
+
+
+def _listed(problems, shown=20):
+    """The first `shown` problems, each on an indented line, and the rest."""
+    more = len(problems) - shown
+    return "".join(f"\n  {problem}" for problem in problems[:shown]) + (
+        f"\n  ... and {more} more" if more > 0 else ""
+    )
+
+
+def _check_finite(tensors, keys, files):
+    """Refuse NaN or infinite values in the tensors `keys` to convert."""
+    bad = {}
+    for key in keys:
+        value = tensors[key]
+        if np.issubdtype(value.dtype, np.floating):
+            finite = np.count_nonzero(np.isfinite(value))
+            if finite < value.size:
+                bad[key] = value.size - finite
+    if not bad:
+        return
+    origin = dict.fromkeys(bad, files[0])
+    if len(files) > 1:
+        for path in files:
+            with safe_open(path, framework="numpy") as f:
+                origin.update({key: path for key in f.keys() if key in bad})
+    problems = [
+        f"{key!r} in {origin[key]}: {count} of {tensors[key].size} values"
+        for key, count in sorted(bad.items())
+    ]
+    raise CheckpointError(
+        f"The checkpoint holds NaN or infinite values in {len(bad)} "
+        "tensor(s), so it is not converted (the file is damaged or the "
+        f"training it comes from diverged):{_listed(problems)}"
+    )
 
 
 def _backbone_variables(backbone):
@@ -944,11 +976,12 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
 
     Reads the safetensors weights, recognizes their layout, infers the
     configuration and checks every tensor (no key missing, none left
-    over, every shape as the configuration requires) before building any
-    Keras object; then sets every weight of the backbone (and of an
-    `AttentionPool` for a `head.*`). Of a whole LiT checkpoint only the
-    image tower and its head are converted: the text tower and the
-    projections are skipped (listed in `skipped_keys` and logged).
+    over, every shape as the configuration requires, no NaN or infinite
+    value in those converted) before building any Keras object; then sets
+    every weight of the backbone (and of an `AttentionPool` for a
+    `head.*`). Of a whole LiT checkpoint only the image tower and its head
+    are converted: the text tower and the projections are skipped (listed
+    in `skipped_keys` and logged).
 
     Args:
         source: str. A `.safetensors` file or a checkpoint directory.
@@ -991,6 +1024,11 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
         head_rules = _head_rules(layout, prefix, config["hidden_dim"], *head)
     skipped = _skipped_keys(tensors, layout, prefix)
     _check_rules(rules + head_rules, tensors, skipped, "AIMV2Backbone")
+    _check_finite(
+        tensors,
+        [key for rule in rules + head_rules for key in rule.keys],
+        files,
+    )
     if preset_name is not None:
         _check_preset_name(preset_name, config, head is not None)
     if skipped:

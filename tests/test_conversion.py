@@ -525,6 +525,44 @@ def test_wrong_shape_fails_before_writing(small, tmp_path):
     )
 
 
+def test_non_finite_values_fail_before_writing(small, tmp_path):
+    state_dict = dict(small["state_dict"])
+    nan_key = "encoder.layers.1.ffn.up_proj.weight"
+    inf_key = "rms_norm.weight"
+    state_dict[nan_key] = state_dict[nan_key].clone()
+    state_dict[nan_key][0, :3] = float("nan")
+    state_dict[inf_key] = state_dict[inf_key].clone()
+    state_dict[inf_key][5] = -float("inf")
+    message = assert_fails_cleanly(
+        state_dict,
+        tmp_path,
+        "NaN or infinite values in 2 tensor(s)",
+        f"{nan_key!r} in {tmp_path / 'broken.safetensors'}: 3 of 8192",
+        f"{inf_key!r} in {tmp_path / 'broken.safetensors'}: 1 of 64",
+    )
+    assert "encoder.layers.0" not in message
+
+
+def test_non_finite_values_name_their_shard(small, tmp_path):
+    keys = sorted(small["state_dict"])
+    bad_key = keys[-1]
+    source = tmp_path / "sharded"
+    source.mkdir()
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        tensors = {k: small["state_dict"][k].clone() for k in part}
+        if bad_key in tensors:
+            tensors[bad_key].view(-1)[0] = float("nan")
+        save_state_dict(
+            tensors, source / f"model-0000{i + 1}-of-00002.safetensors"
+        )
+    output = tmp_path / "out"
+    with pytest.raises(conversion.CheckpointError) as error:
+        conversion.convert_checkpoint(source, output, num_heads=2)
+    shard = source / "model-00002-of-00002.safetensors"
+    assert f"{bad_key!r} in {shard}: 1 of" in str(error.value)
+    assert not output.exists()
+
+
 def test_unknown_layout_fails_before_writing(tmp_path):
     message = assert_fails_cleanly(
         {"backbone.stem.weight": torch.zeros(3, 3)},

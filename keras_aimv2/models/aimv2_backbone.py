@@ -1,5 +1,7 @@
 """The AIMv2 vision encoder as a keras-hub backbone."""
 
+import os
+
 import keras
 from keras_hub.models import Backbone
 
@@ -7,6 +9,8 @@ from keras_aimv2.api import register
 from keras_aimv2.layers.encoder import PrefixViTEncoder
 from keras_aimv2.layers.patch_embedding import PatchEmbedding
 from keras_aimv2.layers.patch_embedding import resample_position_embedding
+from keras_aimv2.models.aimv2_presets import check_preset_files
+from keras_aimv2.models.aimv2_presets import check_weights_file
 
 
 @register
@@ -177,7 +181,9 @@ class AIMV2Backbone(Backbone):
         `image_shape` different from the preset's builds the backbone at
         the preset's size, loads its weights and returns
         `with_image_shape(image_shape)`: a learned position embedding is
-        resampled bicubically to the new patch grid.
+        resampled bicubically to the new patch grid. A missing or broken
+        file of a preset directory raises a `BrokenPresetError` naming it
+        (see `check_preset_files`).
 
         Args:
             preset: str. A preset name or directory.
@@ -193,10 +199,24 @@ class AIMV2Backbone(Backbone):
         ... )
         """
         image_shape = kwargs.pop("image_shape", None)
+        check_preset_files(preset, load_weights)
         backbone = super().from_preset(preset, load_weights, **kwargs)
         if image_shape is None or tuple(image_shape) == backbone.image_shape:
             return backbone
         return backbone.with_image_shape(image_shape)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """As `keras.Model.load_weights`, naming a missing or broken file.
+
+        keras-hub loads a preset's backbone weights through this method,
+        also under `keras_hub.models.Backbone.from_preset` and a task's
+        `from_preset`: a truncated `model.weights.h5` raises a
+        `BrokenPresetError` naming it (see `check_weights_file`). A file
+        that does not exist is left to Keras's own error.
+        """
+        if os.path.isfile(filepath):
+            check_weights_file(filepath)
+        return super().load_weights(filepath, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -21,7 +21,15 @@ of Large Vision Encoders" (Fini et al., CVPR 2025, arXiv:2411.14402), `None`
 where the paper reports none.
 """
 
+import json
 import os
+
+import h5py
+from keras_hub.src.utils.preset_utils import CONFIG_FILE
+from keras_hub.src.utils.preset_utils import MODEL_WEIGHTS_FILE
+from keras_hub.src.utils.preset_utils import SHARDED_MODEL_WEIGHTS_CONFIG_FILE
+from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
+from keras_hub.src.utils.preset_utils import TASK_WEIGHTS_FILE
 
 from keras_aimv2.configs import swiglu_hidden_dim
 
@@ -223,7 +231,7 @@ class PresetNotConvertedError(ValueError):
 
 
 def preset_directory(name):
-    """The local directory of a converted preset, checked to exist.
+    """The local directory of a converted preset, checked to be complete.
 
     Args:
         name: str. A key of `backbone_presets`.
@@ -235,6 +243,8 @@ def preset_directory(name):
         ValueError: when `name` is unknown.
         PresetNotConvertedError: when the directory does not exist; the
             message gives the command that creates it.
+        BrokenPresetError: when a file of the directory is missing or
+            broken (see `check_preset_files`).
 
     Example:
 
@@ -256,7 +266,107 @@ def preset_directory(name):
             "the keras-aimv2 checkout, or use `python -m "
             "keras_aimv2.conversion` with the same arguments."
         )
+    check_preset_files(directory)
     return directory
+
+
+class BrokenPresetError(ValueError):
+    """A preset directory with a missing, invalid or truncated file."""
+
+
+def check_preset_files(preset, load_weights=True, task=False):
+    """Check the files of a preset directory before keras-hub reads them.
+
+    keras-hub reports some broken preset files without naming them (a bare
+    `JSONDecodeError`, h5py's "truncated file"), or names another file
+    (`model.weights.json` when `model.weights.h5` is missing). This raises
+    a `BrokenPresetError` that names the file and says what is wrong:
+    `config.json` missing or not valid JSON, the backbone weights
+    (`model.weights.h5`, or the sharded `model.weights.json` and its
+    shards) missing or not complete HDF5 files, and with `task=True` the
+    same of `task.json` and `task.weights.h5`. A preset that is not a
+    local directory (a registered name, a `kaggle://` or `hf://` handle)
+    is left to keras-hub.
+
+    Args:
+        preset: str. The preset; only a local directory is checked.
+        load_weights: bool. Whether the weights are to be loaded, and so
+            must be present and complete. Defaults to `True`.
+        task: bool. Whether a task (`task.json` and, with `load_weights`,
+            `task.weights.h5`) is to be loaded from the preset. Defaults to
+            `False`.
+
+    Raises:
+        BrokenPresetError: naming the missing or broken file.
+
+    Example:
+
+    >>> preset = "runs/tiny/preset/pretrainer"
+    >>> check_preset_files(preset, task=True)  # doctest: +SKIP
+    """
+    if not isinstance(preset, (str, os.PathLike)) or not os.path.isdir(preset):
+        return
+    preset = os.fspath(preset)
+    _check_json_file(os.path.join(preset, CONFIG_FILE))
+    if task:
+        _check_json_file(os.path.join(preset, TASK_CONFIG_FILE))
+    if not load_weights:
+        return
+    if task:
+        check_weights_file(os.path.join(preset, TASK_WEIGHTS_FILE))
+    weights = os.path.join(preset, MODEL_WEIGHTS_FILE)
+    sharded = os.path.join(preset, SHARDED_MODEL_WEIGHTS_CONFIG_FILE)
+    if not os.path.exists(weights) and os.path.exists(sharded):
+        weights = sharded
+    check_weights_file(weights)
+
+
+def check_weights_file(path):
+    """Raise a `BrokenPresetError` naming `path` unless it can be loaded.
+
+    A `.h5` file must open as a complete HDF5 file (a truncated copy does
+    not); a sharded `.json` index must be valid JSON whose shards, beside
+    it, pass the same check. Other files are only checked to exist.
+
+    Args:
+        path: str. A weights file, as passed to `load_weights`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BrokenPresetError(f"The weights file {path} does not exist.")
+    if path.endswith(".json"):
+        index = _check_json_file(path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else {}
+        shards = set()
+        for names in (weight_map or {}).values():
+            shards.update([names] if isinstance(names, str) else names)
+        for shard in sorted(shards):
+            check_weights_file(os.path.join(os.path.dirname(path), shard))
+    elif path.endswith(".h5"):
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as error:
+            raise BrokenPresetError(
+                f"The weights file {path} cannot be read: it is truncated or "
+                f"not an HDF5 file ({error})."
+            ) from None
+
+
+def _check_json_file(path):
+    """The contents of the JSON file `path`, or a `BrokenPresetError`."""
+    if not os.path.isfile(path):
+        raise BrokenPresetError(
+            f"The preset file {path} does not exist; a keras-hub preset "
+            "directory is written by `save_to_preset`."
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BrokenPresetError(
+            f"The preset file {path} is not valid JSON: {error}."
+        ) from None
 
 
 class LocalPreset(dict):
