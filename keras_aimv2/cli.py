@@ -17,6 +17,12 @@ import argparse
 import os
 import sys
 
+# Subcommands whose options their own parser reads.
+FORWARDING = {
+    "build-dataset": "Write TFRecord shards (see tools/build_dataset.py).",
+    "train-tokenizer": "Train a SentencePiece model on captions.",
+}
+
 
 def _parser():
     parser = argparse.ArgumentParser(
@@ -75,20 +81,21 @@ def _parser():
     pictures.add_argument("--output", required=True, help="Output folder.")
     pictures.add_argument("--log", help="CSV training log for the curves.")
 
-    for name, help_text in (
-        (
-            "build-dataset",
-            "Write TFRecord shards (see tools/build_dataset.py).",
-        ),
-        ("train-tokenizer", "Train a SentencePiece model on captions."),
-    ):
+    for name, help_text in FORWARDING.items():
         sub = commands.add_parser(name, help=help_text, add_help=False)
         sub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # `build-dataset` and `train-tokenizer` take their own options (`--help`
+    # included), which the subcommand's parser cannot see: they pass on.
+    args, forwarded = parser.parse_known_args(argv)
+    if args.command in FORWARDING:
+        forwarded += args.args
+    elif forwarded:
+        parser.error(f"unrecognized arguments: {' '.join(forwarded)}")
     os.environ.setdefault("KERAS_BACKEND", args.backend or "jax")
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
@@ -106,11 +113,11 @@ def main(argv=None):
     if args.command == "build-dataset":
         from keras_aimv2.data.build import main as build_main
 
-        return build_main(args.args)
+        return build_main(forwarded, prog="aimv2 build-dataset")
     if args.command == "train-tokenizer":
         from keras_aimv2.data.tokenizer_training import main as tokenizer_main
 
-        return tokenizer_main(args.args)
+        return tokenizer_main(forwarded, prog="aimv2 train-tokenizer")
     if args.command == "pretrain":
         from keras_aimv2.training import pretrain
 
@@ -127,6 +134,7 @@ def _run_recipe(command, run, args):
     from keras_aimv2.data.schema_gate import DataValidationError
     from keras_aimv2.recipes import apply_overrides
     from keras_aimv2.recipes import load_recipe
+    from keras_aimv2.run_directory import RunError
 
     overrides = list(args.overrides)
     if getattr(args, "strategy", None):
@@ -134,12 +142,19 @@ def _run_recipe(command, run, args):
     if getattr(args, "mesh_shape", None):
         overrides.append(f"distribution.mesh_shape=({args.mesh_shape})")
     try:
-        recipe = apply_overrides(load_recipe(args.recipe), overrides)
+        recipe = load_recipe(args.recipe)
         if command == "pretrain":
             from keras_aimv2.distribution import check_strategy
             from keras_aimv2.recipes import with_pretraining_defaults
 
-            check_strategy(**with_pretraining_defaults(recipe)["distribution"])
+            # Defaults first, so that `--set` reaches entries a recipe
+            # written before them lacks.
+            recipe = apply_overrides(
+                with_pretraining_defaults(recipe), overrides
+            )
+            check_strategy(**recipe["distribution"])
+        else:
+            recipe = apply_overrides(recipe, overrides)
     except ValueError as error:
         print(f"aimv2 {command}: {error}", file=sys.stderr)
         return 2
@@ -148,6 +163,9 @@ def _run_recipe(command, run, args):
     except DataValidationError as error:
         print(f"aimv2 {command}: {error}", file=sys.stderr)
         return 1
+    except RunError as error:
+        print(f"aimv2 {command}: {error}", file=sys.stderr)
+        return error.exit_status
     return 0
 
 

@@ -3,15 +3,22 @@
 The steps, each resumable: build the recipe's data shards if it names a
 built-in source, train a SentencePiece tokenizer on the training captions
 unless one is given, build the model, train with `fit` (progress bar, CSV
-and TensorBoard logs, periodic checkpoints, automatic resumption after an
-interruption), save the backbone and the pre-training task as keras-hub
-presets, evaluate on the held-out split against the same model untrained,
-and draw the pictures.
+and TensorBoard logs, the training state saved every epoch, resumption
+after an interruption), save the backbone and the pre-training task as
+keras-hub presets, evaluate on the held-out split against the same model
+untrained, and draw the pictures.
+
+A run is a transaction on its output directory (`keras_aimv2.run_directory`):
+it holds the directory's lock, refuses data, a tokenizer or a training
+state built from other recipe entries, saves its state only from finite
+weights and atomically, stops on a non-finite loss, and on SIGINT or
+SIGTERM saves its state and stops.
 """
 
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -31,6 +38,7 @@ from keras_aimv2.data.tokenizer_training import train_sentencepiece
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_backbone import copy_weights
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_presets import check_preset_files
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
     AIMV2PretrainerPreprocessor,
@@ -38,8 +46,39 @@ from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 from keras_aimv2.optimization import aimv2_adamw
 from keras_aimv2.recipes import backbone_arguments
+from keras_aimv2.recipes import check_recipe
 from keras_aimv2.recipes import with_pretraining_defaults
+from keras_aimv2.run_directory import RecipeMismatchError
+from keras_aimv2.run_directory import RunError
+from keras_aimv2.run_directory import RunGuard
+from keras_aimv2.run_directory import RunLock
+from keras_aimv2.run_directory import RunStopped
+from keras_aimv2.run_directory import StopRequests
+from keras_aimv2.run_directory import TrainingState
+from keras_aimv2.run_directory import check_finite
+from keras_aimv2.run_directory import check_origin
+from keras_aimv2.run_directory import origin_path
+from keras_aimv2.run_directory import recipe_entries
+from keras_aimv2.run_directory import record_origin
 from keras_aimv2.validation import check_positive_int
+
+# The `--set` that lets a run rebuild what a changed recipe invalidates.
+REBUILD = "training.rebuild"
+# The recipe entries the data shards are built from.
+DATA_ENTRIES = (
+    "data.source",
+    "data.source_size",
+    "data.train_examples",
+    "data.eval_examples",
+    "data.seed",
+    "data.train_dir",
+    "data.eval_dir",
+)
+# Those the tokenizer is trained with, besides the data's.
+TOKENIZER_ENTRIES = (
+    "tokenizer.vocabulary_size",
+    "tokenizer.remove_punctuation",
+)
 
 
 def log(message):
@@ -196,6 +235,7 @@ def initialize_from_preset(pretrainer, preset):
         preset: str. A preset directory of an `AIMV2Pretrainer` or an
             `AIMV2Backbone`.
     """
+    check_preset_files(preset, task=check_file_exists(preset, TASK_CONFIG_FILE))
     if check_file_exists(preset, TASK_CONFIG_FILE) and issubclass(
         check_config_class(load_json(preset, TASK_CONFIG_FILE)),
         AIMV2Pretrainer,
@@ -269,12 +309,15 @@ def _datasets(recipe, train_dir, eval_dir):
     )
     evaluation = None
     if eval_dir:
+        # Every held-out example counts: the last batch is completed with
+        # padding of weight 0, not dropped.
         evaluation = pretraining_dataset(
             eval_dir,
             training["eval_batch_size"],
             size,
             training=False,
             split=read_manifest(eval_dir)["split"],
+            complete_last_batch=True,
         )
     return train, evaluation
 
@@ -290,19 +333,20 @@ def pretrain(recipe, output_dir=None):
         recipe: dict. A recipe (see `keras_aimv2.recipes`).
         output_dir: str or `None`. Where everything is written; defaults to
             the recipe's `output_dir`. Running again in the same directory
-            resumes an interrupted run from its last saved epoch.
+            resumes an interrupted run from its last saved state.
+
+    Raises:
+        keras_aimv2.run_directory.RunError: the run cannot go on (another
+            run holds the directory, its contents come from another
+            recipe, the loss diverged, a signal stopped it); the message
+            says what to do and `exit_status` is the command's status.
     """
     started = time.time()
     recipe = with_pretraining_defaults(recipe)
+    check_recipe(recipe)
     # First: several processes must meet before any computation.
     distributed = distribution.setup(**recipe["distribution"])
     output_dir = output_dir or recipe["output_dir"]
-    with distributed.scope():
-        return _pretrain(recipe, output_dir, distributed, started)
-
-
-def _pretrain(recipe, output_dir, distributed, started):
-    training = recipe["training"]
     # Processes other than 0 build their (identical, seeded) data and
     # tokenizer in a folder of their own instead of racing for one.
     work_dir = output_dir
@@ -310,14 +354,36 @@ def _pretrain(recipe, output_dir, distributed, started):
         work_dir = os.path.join(
             output_dir, "processes", str(distributed.process_index)
         )
-    os.makedirs(work_dir, exist_ok=True)
+    lock = RunLock(work_dir)
+    stops = StopRequests(log=log, on_abort=lock.release)
+    with lock, stops, distributed.scope():
+        return _pretrain(
+            recipe, output_dir, work_dir, distributed, stops, started
+        )
+
+
+def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
+    training = recipe["training"]
+    accumulation = training["gradient_accumulation_steps"]
+    state = TrainingState(
+        os.path.join(work_dir, "backup"),
+        recipe_entries(
+            recipe,
+            ("backbone", "decoder", "tokenizer"),
+            DATA_ENTRIES + ("training.gradient_accumulation_steps",),
+        ),
+    )
+    claim_directory(recipe, output_dir, work_dir, state)
     with open(os.path.join(work_dir, "recipe.json"), "w") as file:
         json.dump(recipe, file, indent=2, default=str)
     log(
         f"recipe {recipe['name']!r} on {keras.config.backend()} -> {output_dir}"
     )
     train_dir, eval_dir = prepare_data(recipe["data"], work_dir)
+    stops.check()
+    check_batches(training, train_dir, eval_dir)
     tokenizer_path = prepare_tokenizer(recipe["tokenizer"], train_dir, work_dir)
+    stops.check()
     check_schema(recipe["data"], train_dir, eval_dir, tokenizer_path, work_dir)
 
     pretrainer = build_pretrainer(recipe, tokenizer_path, distributed)
@@ -334,30 +400,49 @@ def _pretrain(recipe, output_dir, distributed, started):
         evaluation = distributed.distribute_dataset(evaluation)
     held_out = {}
     if evaluation is not None:
-        # Before `fit` restores a backup: the recipe's initial weights.
+        # Before the training state is restored: the initial weights.
         held_out["untrained"] = _evaluate(pretrainer, evaluation)
+    done = state.load(pretrainer) or 0
+    planned = training["steps"] * accumulation
+    if done:
+        log(f"resuming at step {done // accumulation} from {state.directory}")
     logs_dir = os.path.join(output_dir, "logs")
-    pretrainer.fit(
-        train,
-        epochs=math.ceil(training["steps"] / training["steps_per_epoch"]),
-        # `fit` counts batches: `gradient_accumulation_steps` per update.
-        steps_per_epoch=(
-            training["steps_per_epoch"]
-            * training["gradient_accumulation_steps"]
-        ),
-        validation_data=evaluation,
-        verbose=training["verbose"] if distributed.is_chief else 0,
-        callbacks=_callbacks(work_dir, logs_dir, distributed.is_chief),
-    )
+    guard = RunGuard(stops, state, done, planned, accumulation)
+    # `fit` counts batches: `gradient_accumulation_steps` per update.
+    batches_per_epoch = training["steps_per_epoch"] * accumulation
+    if done < planned:
+        try:
+            pretrainer.fit(
+                train,
+                epochs=math.ceil(planned / batches_per_epoch),
+                initial_epoch=done // batches_per_epoch,
+                steps_per_epoch=batches_per_epoch,
+                # The dataset shuffles itself, seeded.
+                shuffle=False,
+                validation_data=evaluation,
+                verbose=training["verbose"] if distributed.is_chief else 0,
+                callbacks=[guard] + _log_callbacks(logs_dir, distributed),
+            )
+        except RunStopped as stopped:
+            state.save(pretrainer, guard.batches, f"at step {guard.step}")
+            raise RunStopped(
+                stopped.signum,
+                f"{stopped} at step {guard.step} of {training['steps']}; "
+                f"the training state is saved in {state.directory}: rerun "
+                "the same command to resume.",
+            ) from None
+    stops.check()
     if evaluation is not None:
         held_out["trained"] = _evaluate(pretrainer, evaluation)
     steps = int(keras.ops.convert_to_numpy(pretrainer.optimizer.iterations))
+    steps //= accumulation
     # Every process takes part in gathering sharded weights.
     pretrainer = distributed.local_copy(pretrainer)
     if not distributed.is_chief:
         log("done; process 0 writes the presets and pictures")
         return {"process_index": distributed.process_index}
 
+    check_finite(pretrainer, "after training")
     preset_dir = os.path.join(output_dir, "preset")
     pretrainer.backbone.save_to_preset(os.path.join(preset_dir, "backbone"))
     pretrainer.save_to_preset(os.path.join(preset_dir, "pretrainer"))
@@ -380,33 +465,94 @@ def _pretrain(recipe, output_dir, distributed, started):
         )
     summary["wall_time_s"] = round(time.time() - started, 1)
     with open(os.path.join(output_dir, "metrics.json"), "w") as file:
-        json.dump(summary, file, indent=2)
+        json.dump(summary, file, indent=2, allow_nan=False)
     log(json.dumps(summary, indent=2))
     return summary
 
 
-def _callbacks(work_dir, logs_dir, is_chief):
-    """Backups in every process (each resumes from its own); logs on 0."""
-    backup_dir = os.path.join(work_dir, "backup")
-    if os.path.isdir(backup_dir) and os.listdir(backup_dir):
-        log(f"resuming from the last saved epoch in {backup_dir}")
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False)
-    ]
-    if not is_chief:
-        return callbacks
-    checkpoints = os.path.join(work_dir, "checkpoints")
+def claim_directory(recipe, output_dir, work_dir, state):
+    """Check that the directory's contents come from this recipe.
+
+    The data shards (of a built-in source), a trained tokenizer and the
+    training state each record the recipe entries they were built from.
+    Where the recipe changed one of them, the run is refused
+    (`RecipeMismatchError`), unless `training.rebuild` allows rebuilding:
+    then that artefact and everything built after it (the tokenizer after
+    the data, the training state, logs, presets and pictures after either)
+    are removed, to be built again. The entries of the data and tokenizer
+    this run builds are recorded before they are built, so that a build
+    interrupted and resumed with another recipe is refused too.
+    """
+    data_entries = recipe_entries(recipe, (), DATA_ENTRIES)
+    chain = []
+    if not recipe["data"].get("train_dir"):
+        chain.append((os.path.join(work_dir, "data"), data_entries, "data"))
+    if not recipe["tokenizer"].get("model"):
+        path = os.path.join(work_dir, "tokenizer.model")
+        entries = {
+            **data_entries,
+            **recipe_entries(recipe, (), TOKENIZER_ENTRIES),
+        }
+        chain.append((path, entries, "tokenizer"))
+    chain.append((state.directory, state.origin, "training state"))
+    for index, (artefact, entries, what) in enumerate(chain):
+        try:
+            check_origin(artefact, entries, what, REBUILD)
+        except RecipeMismatchError as error:
+            if not recipe["training"]["rebuild"]:
+                raise
+            log(f"{error}\nrebuilding, as {REBUILD}=True allows")
+            stale = [path for path, _, _ in chain[index:]]
+            stale += [os.path.join(output_dir, name) for name in RUN_OUTPUTS]
+            for path in stale:
+                _discard(path)
+            break
+    for artefact, entries, _ in chain[:-1]:
+        os.makedirs(os.path.dirname(origin_path(artefact)), exist_ok=True)
+        record_origin(artefact, entries)
+
+
+# What a run writes after training, discarded with its training state.
+RUN_OUTPUTS = ("logs", "preset", "pictures", "metrics.json")
+
+
+def _discard(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+    origin = origin_path(path)
+    if os.path.exists(origin):
+        os.remove(origin)
+
+
+def check_batches(training, train_dir, eval_dir):
+    """Refuse, before training, a split that yields no batch at all."""
+    train = read_manifest(train_dir)["num_examples"]
+    if train < training["batch_size"]:
+        raise RunError(
+            f"The training split {train_dir} holds {train} examples, "
+            f"fewer than one batch (training.batch_size="
+            f"{training['batch_size']}): it yields no batch. Give more "
+            "examples (e.g. data.train_examples) or a smaller batch."
+        )
+    if eval_dir and not read_manifest(eval_dir)["num_examples"]:
+        raise RunError(
+            f"The evaluation split {eval_dir} holds no example. Give some "
+            "(e.g. data.eval_examples) or no evaluation split."
+        )
+
+
+def _log_callbacks(logs_dir, distributed):
+    """CSV and TensorBoard logs, written by process 0."""
+    if not distributed.is_chief:
+        return []
     os.makedirs(logs_dir, exist_ok=True)
-    os.makedirs(checkpoints, exist_ok=True)
-    return callbacks + [
+    return [
         keras.callbacks.CSVLogger(
             os.path.join(logs_dir, "training.csv"), append=True
         ),
         keras.callbacks.TensorBoard(os.path.join(logs_dir, "tensorboard")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoints, "latest.weights.h5"),
-            save_weights_only=True,
-        ),
     ]
 
 
@@ -426,5 +572,10 @@ def _describe(distributed):
 
 
 def _evaluate(pretrainer, evaluation):
+    """Held-out means, rounded; a value that is not finite becomes `None`
+    (JSON has no NaN)."""
     values = pretrainer.evaluate(evaluation, verbose=0, return_dict=True)
-    return {key: round(float(value), 4) for key, value in values.items()}
+    return {
+        key: round(float(value), 4) if math.isfinite(value) else None
+        for key, value in values.items()
+    }

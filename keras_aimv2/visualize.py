@@ -13,6 +13,7 @@ import textwrap
 import matplotlib
 
 matplotlib.use("Agg")
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
@@ -183,9 +184,17 @@ def draw_loss_curves(csv_path, path):
 
 
 def draw_pictures(pretrainer, evaluation, csv_path, output_dir):
-    """Both pictures; returns their paths and the generated captions."""
+    """Both pictures; returns their paths and the generated captions.
+
+    `evaluation` yields dicts of images and captions, or `(x, y,
+    sample_weight)` whose padding (weight 0) is left out.
+    """
     os.makedirs(output_dir, exist_ok=True)
-    batch = next(evaluation.as_numpy_iterator())
+    batch, _, weights = keras.utils.unpack_x_y_sample_weight(
+        next(evaluation.as_numpy_iterator())
+    )
+    if weights is not None:
+        batch = {key: value[weights > 0] for key, value in batch.items()}
     reconstructions = os.path.join(output_dir, "reconstructions.png")
     generated = draw_reconstructions(pretrainer, batch, reconstructions)
     curves = os.path.join(output_dir, "loss_curves.png")

@@ -64,3 +64,12 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def only_on(*backends):
+    """Run a test in the test processes of these backends only (for
+    behaviour that does not depend on the backend, or only one has)."""
+    backend = keras.config.backend()
+    return pytest.mark.skipif(
+        backend not in backends, reason=f"runs in the {backends} test process"
+    )

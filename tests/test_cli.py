@@ -1,15 +1,14 @@
-"""The `aimv2` command end to end, and resumption after a kill."""
+"""The `aimv2` command end to end (interrupts: `test_run_directory`)."""
 
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 import keras_aimv2
@@ -41,7 +40,7 @@ def _epochs(output_dir):
         return [int(row["epoch"]) for row in csv.DictReader(file)]
 
 
-def test_pretrain_writes_checkpoints_logs_presets_and_pictures(tmp_path):
+def test_pretrain_writes_its_state_logs_presets_and_pictures(tmp_path):
     output = str(tmp_path / "run")
     overrides = SMALL + [
         "data.train_examples=48",
@@ -52,9 +51,11 @@ def test_pretrain_writes_checkpoints_logs_presets_and_pictures(tmp_path):
         main(["pretrain", RECIPE, "--output-dir", output, "--set"] + overrides)
         == 0
     )
-    assert os.path.isfile(
-        os.path.join(output, "checkpoints", "latest.weights.h5")
-    )
+    with open(os.path.join(output, "backup", "state.json")) as file:
+        state = json.load(file)
+    assert state["batches"] == 4
+    assert os.path.isfile(os.path.join(output, "backup", state["weights"]))
+    assert not os.path.exists(os.path.join(output, ".lock"))
     assert _epochs(output) == [0, 1]
     assert os.listdir(os.path.join(output, "logs", "tensorboard"))
     metrics = json.load(open(os.path.join(output, "metrics.json")))
@@ -87,41 +88,24 @@ def test_pretrain_writes_checkpoints_logs_presets_and_pictures(tmp_path):
         assert image.format == "PNG"
 
 
-def test_killed_run_resumes_from_its_last_epoch(tmp_path):
-    output = str(tmp_path / "run")
-    command = [
-        sys.executable,
-        "-m",
-        "keras_aimv2.cli",
+@pytest.mark.parametrize(
+    "command",
+    [
         "pretrain",
-        RECIPE,
-        "--output-dir",
-        output,
-        "--set",
-        *SMALL,
-        "data.train_examples=64",
-        "training.steps=60",
-        "training.steps_per_epoch=2",
-    ]
-    env = {**os.environ, "KERAS_BACKEND": keras.config.backend()}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    log = os.path.join(output, "logs", "training.csv")
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if os.path.isfile(log) and len(_epochs(output)) >= 2:
-            break
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = _epochs(output)
-    assert 2 <= len(done_before) < 30, "the run was not killed mid-way"
-    assert not os.path.isfile(os.path.join(output, "metrics.json"))
-
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    # Every epoch appears once: the second run went on where the first
-    # stopped (the interrupted epoch restarts), with the optimizer's step.
-    assert _epochs(output) == list(range(30))
-    assert json.load(open(os.path.join(output, "metrics.json")))["steps"] == 60
+        "probe",
+        "pictures",
+        "info",
+        "build-dataset",
+        "train-tokenizer",
+    ],
+)
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: aimv2 {command}")
+    assert "--help" in usage
 
 
 def test_bad_override_is_a_clear_error(capsys):

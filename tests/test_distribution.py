@@ -24,6 +24,7 @@ from conftest import TINY_BACKBONE
 from conftest import TINY_DECODER
 from conftest import load_tool
 from conftest import make_batch
+from conftest import only_on
 from conftest import tiny_pretrainer
 from conftest import to_numpy
 
@@ -49,12 +50,6 @@ TWO_PROCESSES_AND_ONE = (
     "none",
     "data_parallel",
 )
-
-
-def only_on(*backends):
-    return pytest.mark.skipif(
-        BACKEND not in backends, reason=f"runs in the {backends} test process"
-    )
 
 
 def distributed_check(tmp_path, *arguments):

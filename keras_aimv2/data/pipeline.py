@@ -294,6 +294,7 @@ def pretraining_dataset(
     flip_probability=0.5,
     antialias=True,
     num_parallel_calls=tf.data.AUTOTUNE,
+    complete_last_batch=False,
 ):
     """Batches of augmented images and raw captions for AIMv2 pre-training.
 
@@ -301,9 +302,12 @@ def pretraining_dataset(
     seeded and reshuffled at every pass), randomly crop-resized and flipped
     (`train_transform`); in evaluation they keep their order and are
     center-cropped and resized (`eval_transform`). Images are decoded and
-    transformed in parallel; batches are complete (`drop_remainder=True`)
-    and prefetched. Attach an `AIMV2PretrainerPreprocessor` to the model to
-    normalize and tokenize.
+    transformed in parallel; batches are complete (`drop_remainder=True`,
+    as every replica of a distributed step needs its share) and
+    prefetched. For an evaluation that must see every example,
+    `complete_last_batch=True` completes the last batch with padding
+    examples of weight 0 instead of dropping it. Attach an
+    `AIMV2PretrainerPreprocessor` to the model to normalize and tokenize.
 
     Args:
         shards_dir: str or `os.PathLike`. A directory of TFRecord shards
@@ -331,11 +335,17 @@ def pretraining_dataset(
             does. Defaults to `True`.
         num_parallel_calls: int. Parallelism of decoding. Defaults to
             `tf.data.AUTOTUNE`.
+        complete_last_batch: bool. Evaluation only: yield `(x, y,
+            sample_weight)` where `sample_weight` is 1 for the split's
+            examples and 0 for the padding (black images, empty captions)
+            that completes the last batch, and `y` a placeholder (the
+            targets come from `x`). Defaults to `False`.
 
     Returns:
         A `tf.data.Dataset` of dicts `{"images": float32 (batch_size,
         height, width, 3) in [0, 255], "captions": tf.string
-        (batch_size,)}`.
+        (batch_size,)}`, or of `(dict, y, sample_weight)` with
+        `complete_last_batch=True`.
 
     Example:
 
@@ -361,6 +371,12 @@ def pretraining_dataset(
                 f"`{name}` must be two positive floats (low, high) with low "
                 f"<= high. Received: {name}={bounds!r}"
             )
+    if training and complete_last_batch:
+        raise ValueError(
+            "`complete_last_batch=True` is for evaluation: training batches "
+            "are drawn from a repeated, shuffled stream. Received: "
+            "training=True"
+        )
     passes = _passes(repeat, training)
 
     examples = read_shards(
@@ -391,6 +407,8 @@ def pretraining_dataset(
     dataset = examples.enumerate().map(
         transform, num_parallel_calls=num_parallel_calls, deterministic=True
     )
+    if complete_last_batch:
+        dataset = _with_padding(dataset, batch_size - 1, image_size)
     dataset = dataset.batch(
         batch_size,
         drop_remainder=True,
@@ -458,6 +476,21 @@ def measure_throughput(dataset, num_batches, warmup_batches=1):
         "images": images,
         "seconds": seconds,
     }
+
+
+def _with_padding(examples, count, image_size):
+    """`(x, y, weight)` with weight 1, then `count` padding examples of 0.
+
+    Batched with `drop_remainder=True`, the padding completes the last
+    batch and the rest of it is dropped.
+    """
+    padding = {
+        "images": tf.zeros((*image_size, 3), tf.float32),
+        "captions": tf.constant(""),
+    }
+    padding = tf.data.Dataset.from_tensors((padding, 0.0, 0.0)).repeat(count)
+    weighted = examples.map(lambda x: (x, 0.0, 1.0))
+    return weighted.concatenate(padding)
 
 
 def _passes(repeat, training):

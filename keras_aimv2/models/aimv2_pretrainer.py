@@ -7,11 +7,13 @@ from keras_hub.models import Task
 from keras_aimv2 import distribution
 from keras_aimv2 import objective
 from keras_aimv2.api import register
+from keras_aimv2.compat import variables_kept_on_failure
 from keras_aimv2.layers.decoder import MultimodalCausalDecoder
 from keras_aimv2.layers.heads import PixelHead
 from keras_aimv2.layers.heads import TextHead
 from keras_aimv2.layers.prefix import PrefixSampler
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_presets import check_preset_files
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
     AIMV2PretrainerPreprocessor,
 )
@@ -166,6 +168,25 @@ class AIMV2Pretrainer(Task):
             jit_compile = self.distribute_strategy.num_replicas_in_sync == 1
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """As `keras_hub.models.Task.from_preset`; a missing or broken file
+        of a preset directory raises a `BrokenPresetError` naming it
+        (`check_preset_files`)."""
+        check_preset_files(preset, load_weights, task=True)
+        return super().from_preset(preset, load_weights, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        """Keras's `fit`; if it raises, the weights stay those of the last
+        completed step, on every backend (`variables_kept_on_failure`)."""
+        with variables_kept_on_failure(self):
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras's `evaluate`; if it raises, the weights stay usable."""
+        with variables_kept_on_failure(self):
+            return super().evaluate(*args, **kwargs)
+
     def compile_from_config(self, config):
         """Recompile from a saved `.keras` file, optimizer state included."""
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -251,28 +272,60 @@ class AIMV2Pretrainer(Task):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
+        """AIMv2's objective, `text + pixel_loss_weight * pixel`.
+
+        The targets come from `x` (the images' next patches and the
+        caption's next tokens); `y` is not used. `sample_weight`, one
+        weight per example, scales that example's patches and tokens (the
+        evaluation pipeline gives 0 to the padding that completes its last
+        batch). The metrics record each mean with its count of patches or
+        tokens, so that over many batches they are the exact means of the
+        whole set, and the reported `loss` is the objective of those means
+        (`get_metrics_result`).
+        """
         images = x["images"]
         targets = objective.pixel_targets(images, self.backbone.patch_size)
-        weights = objective.pixel_target_weights(
-            y_pred["prefix_lengths"], ops.shape(targets)[1]
+        pixel_loss, pixel_count = objective.pixel_loss(
+            y_pred["pixel_predictions"],
+            targets,
+            objective.pixel_target_weights(
+                y_pred["prefix_lengths"], ops.shape(targets)[1], sample_weight
+            ),
         )
-        pixel_loss = objective.pixel_loss(
-            y_pred["pixel_predictions"], targets, weights
-        )
-        text_loss, text_accuracy = objective.text_loss_and_accuracy(
-            y_pred["text_logits"], x["token_ids"], x["padding_mask"]
+        text_loss, text_accuracy, text_count = objective.text_loss_and_accuracy(
+            y_pred["text_logits"],
+            x["token_ids"],
+            objective.text_target_weights(x["padding_mask"], sample_weight),
         )
         # Each value is this replica's share of the global batch's average
         # (`objective`): the replicas' shares sum to it.
-        self.pixel_loss_tracker.update_state(distribution.tracked(pixel_loss))
-        self.text_loss_tracker.update_state(distribution.tracked(text_loss))
-        self.text_accuracy_tracker.update_state(
-            distribution.tracked(text_accuracy)
-        )
+        for tracker, value, count in (
+            (self.pixel_loss_tracker, pixel_loss, pixel_count),
+            (self.text_loss_tracker, text_loss, text_count),
+            (self.text_accuracy_tracker, text_accuracy, text_count),
+        ):
+            tracker.update_state(
+                distribution.tracked(value), sample_weight=count
+            )
         loss = text_loss + self.pixel_loss_weight * pixel_loss
         if self.losses:
             loss = loss + ops.sum(self.losses) / distribution.replica()[1]
         return distribution.returned_loss(loss, training)
+
+    def get_metrics_result(self):
+        """The metrics, with `loss` the objective of the mean losses.
+
+        Keras would average each batch's loss weighted by its number of
+        examples; the objective of the exact means over every patch and
+        token seen is the loss of the whole set.
+        """
+        result = super().get_metrics_result()
+        if "text_loss" in result and "pixel_loss" in result:
+            result["loss"] = (
+                result["text_loss"]
+                + self.pixel_loss_weight * result["pixel_loss"]
+            )
+        return result
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Under tf.distribute, Keras 3.15 builds the model on the replicas'
