@@ -212,3 +212,20 @@ def test_greedy_captions_stop_at_the_end_token_or_the_context(pretrainer):
     ids = to_numpy(pretrainer.greedy_caption_ids(images, end_token_id=1))
     assert ids.shape == (2, context) and not ids.any()
     assert to_numpy(pretrainer.greedy_caption_ids(images)).shape == (2, context)
+
+
+def test_greedy_captions_are_the_argmax_of_their_own_forward_pass():
+    pretrainer = tiny_pretrainer(seed=5)
+    images = make_batch(3)["images"]
+    ids = to_numpy(pretrainer.greedy_caption_ids(images, max_length=7))
+    assert ids.shape == (3, 7) and len(np.unique(ids)) > 1
+    # Teacher-forced on its own output, every position predicts the id
+    # greedy decoding chose there (with the same widest prefix).
+    patch_tokens = pretrainer.backbone.patch_embedding(images)
+    num_patches = patch_tokens.shape[1]
+    features = pretrainer.backbone.encoder(
+        patch_tokens, prefix_lengths=np.full((3,), num_patches - 1, "int32")
+    )
+    hidden = pretrainer.decoder(features, ids[:, :-1])
+    logits = to_numpy(pretrainer.text_head(hidden[:, num_patches:]))
+    np.testing.assert_array_equal(logits.argmax(-1), ids)

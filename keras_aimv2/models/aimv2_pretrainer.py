@@ -254,20 +254,26 @@ class AIMV2Pretrainer(Task):
         features = self.backbone.encoder(
             patch_tokens, prefix_lengths=prefix_lengths
         )
-        token_ids = ops.zeros((batch, 0), "int32")
+        # Every step decodes a buffer of `max_length` ids at one fixed
+        # shape (eager JAX then compiles each operation once, not once per
+        # length); the causal mask keeps the ids after step `t`, still
+        # zeros, from reaching the position that predicts id `t`.
+        token_ids = ops.zeros((batch, max_length), "int32")
+        columns = ops.arange(max_length, dtype="int32")[None]
         ended = ops.zeros((batch,), "bool")
-        for _ in range(max_length):
-            hidden = self.decoder(features, token_ids)
-            logits = self.text_head(hidden[:, -1:])
+        for step in range(max_length):
+            hidden = self.decoder(features, token_ids[:, :-1])
+            index = ops.convert_to_tensor(num_patches + step, "int32")
+            logits = self.text_head(ops.take(hidden, index[None], axis=1))
             next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
-            token_ids = ops.concatenate([token_ids, next_ids], axis=1)
+            token_ids = ops.where(ops.equal(columns, step), next_ids, token_ids)
             if end_token_id is not None:
                 ended = ops.logical_or(
                     ended, ops.equal(next_ids[:, 0], end_token_id)
                 )
                 if bool(ops.convert_to_numpy(ops.all(ended))):
                     break
-        return token_ids
+        return token_ids[:, : step + 1]
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
