@@ -1,12 +1,19 @@
 """The `aimv2` command: pre-train, probe, draw pictures, build data, tokenizers.
 
-    aimv2 pretrain recipes/tiny_scenes_cpu.py --set training.steps=200
-    aimv2 pretrain recipes/aimv2_1b.py --strategy sharded --mesh-shape 8,8
-    aimv2 probe recipes/probe_fashion_mnist.py --set backbone.preset=DIR
+    aimv2 recipes
+    aimv2 pretrain tiny_scenes_cpu --set training.steps=200
+    aimv2 pretrain aimv2_1b --strategy sharded --mesh-shape 8,8
+    aimv2 pretrain my_recipe.py
+    aimv2 probe probe_fashion_mnist --set backbone.preset=DIR
     aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
     aimv2 --backend torch info
     aimv2 build-dataset scenes --num-examples 1000 --output data/scenes
     aimv2 train-tokenizer --captions data/scenes --vocabulary-size 512 ...
+    aimv2 validate data/scenes --output runs/validation
+    aimv2 convert aimv2-large-patch14-224/ presets/aimv2_large_patch14_224
+
+Recipes are named by the packaged ones (`aimv2 recipes` lists them) or
+given as the path of a recipe file.
 
 `--backend` (or the `KERAS_BACKEND` variable) picks JAX, TensorFlow or
 PyTorch; it must be chosen before Keras is imported, which this module
@@ -19,8 +26,12 @@ import sys
 
 # Subcommands whose options their own parser reads.
 FORWARDING = {
-    "build-dataset": "Write TFRecord shards (see tools/build_dataset.py).",
+    "build-dataset": "Write TFRecord shards of images and captions.",
     "train-tokenizer": "Train a SentencePiece model on captions.",
+    "convert": "Convert a released AIMv2 checkpoint (safetensors) into a "
+    "keras-hub preset directory.",
+    "validate": "Validate TFRecord shards with TensorFlow Data Validation, "
+    "in its own environment made on first use (`--setup` only makes it).",
 }
 
 
@@ -35,6 +46,11 @@ def _parser():
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    commands.add_parser(
+        "recipes",
+        help="List the packaged recipes (name, paper, summary) that "
+        "pretrain and probe take by name.",
+    )
     recipe_commands = (
         ("pretrain", "Run a recipe; rerun the same command to resume it."),
         (
@@ -45,7 +61,11 @@ def _parser():
     )
     for name, help_text in recipe_commands:
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("recipe", help="Recipe file or name in recipes/.")
+        command.add_argument(
+            "recipe",
+            help="The name of a packaged recipe (see `aimv2 recipes`), e.g. "
+            "tiny_scenes_cpu, or the path of a recipe file.",
+        )
         command.add_argument(
             "--set",
             dest="overrides",
@@ -89,8 +109,9 @@ def _parser():
 
 def main(argv=None):
     parser = _parser()
-    # `build-dataset` and `train-tokenizer` take their own options (`--help`
-    # included), which the subcommand's parser cannot see: they pass on.
+    # `build-dataset`, `train-tokenizer`, `validate` and `convert` take their
+    # own options (`--help` included), which the subcommand's parser cannot
+    # see: they pass on.
     args, forwarded = parser.parse_known_args(argv)
     if args.command in FORWARDING:
         forwarded += args.args
@@ -108,6 +129,12 @@ def main(argv=None):
                 sys.executable,
                 [sys.executable, "-m", "keras_aimv2.cli", *command],
             )
+    if args.command in ("pretrain", "probe"):
+        # On a CPU host, JAX's XLA:CPU tuning (`keras_aimv2.xla_cpu`): in
+        # time, since nothing has started JAX's backends yet.
+        from keras_aimv2 import xla_cpu
+
+        xla_cpu.configure()
     if args.command == "info":
         return _info()
     if args.command == "build-dataset":
@@ -118,6 +145,16 @@ def main(argv=None):
         from keras_aimv2.data.tokenizer_training import main as tokenizer_main
 
         return tokenizer_main(forwarded, prog="aimv2 train-tokenizer")
+    if args.command == "validate":
+        from keras_aimv2.data.validation_env import main as validate_main
+
+        return validate_main(forwarded, prog="aimv2 validate")
+    if args.command == "convert":
+        from keras_aimv2.conversion import main as convert_main
+
+        return convert_main(forwarded, prog="aimv2 convert")
+    if args.command == "recipes":
+        return _recipes()
     if args.command == "pretrain":
         from keras_aimv2.training import pretrain
 
@@ -166,6 +203,28 @@ def _run_recipe(command, run, args):
     except RunError as error:
         print(f"aimv2 {command}: {error}", file=sys.stderr)
         return error.exit_status
+    return 0
+
+
+def _recipes():
+    """Print the packaged recipes and how to run one."""
+    from keras_aimv2.recipes import packaged_recipes
+
+    listing = packaged_recipes()
+    width = max(len(r["name"]) for r in listing)
+    print("Packaged recipes:\n")
+    for recipe in listing:
+        command = f"aimv2 {recipe['command']} {recipe['name']}"
+        print(f"  {recipe['name']:<{width}}  {recipe['summary']}")
+        print(f"  {'':<{width}}  paper: {recipe['paper']}")
+        print(f"  {'':<{width}}  run:   {command}")
+    print(
+        "\nRun one by name, e.g. `aimv2 pretrain tiny_scenes_cpu --set "
+        "training.steps=200`,\nor pass the path of your own recipe file "
+        "(a .py file defining RECIPE),\ne.g. `aimv2 pretrain "
+        "my_recipe.py`; copy a packaged recipe to start one:\n"
+        f"  {os.path.dirname(listing[0]['path'])}"
+    )
     return 0
 
 

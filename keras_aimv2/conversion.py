@@ -20,11 +20,12 @@ keras-hub preset directory together with the checkpoint's image converter
 (CLIP mean and standard deviation, bicubic resize, crop 1.0). Only
 safetensors files are read; pickled checkpoints are refused.
 
-Command line:
+Command line (`python -m keras_aimv2.conversion` takes the same
+arguments):
 
 ```
-python tools/convert_checkpoint.py SOURCE OUTPUT_DIR [--num-heads N]
-    [--preset-name NAME] [--overwrite]
+aimv2 convert SOURCE OUTPUT_DIR [--num-heads N] [--preset-name NAME]
+    [--overwrite]
 ```
 """
 
@@ -988,7 +989,7 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
         num_heads: int or `None`. Number of attention heads; `None` reads
             config.json beside the weights, else assumes head width 128.
             Defaults to `None`.
-        preset_name: str or `None`. A registered preset name; the
+        preset_name: str or `None`. A preset name of `backbone_presets`; the
             checkpoint must then have that preset's configuration (checked
             before anything is built). Defaults to `None`.
         log: callable or `None`. Called with progress messages. Defaults
@@ -1182,7 +1183,7 @@ def convert_checkpoint(
         output_dir: str. The preset directory to create.
         num_heads: int or `None`. Number of attention heads; see
             `load_checkpoint`. Defaults to `None`.
-        preset_name: str or `None`. A registered preset name (e.g.
+        preset_name: str or `None`. A preset name of `backbone_presets` (e.g.
             `"aimv2_large_patch14_224"`); the checkpoint must then have that
             preset's configuration, and the name is recorded. Defaults to
             `None`.
@@ -1238,7 +1239,7 @@ def load_attention_pool(preset):
     image head of the LiT model, applied to the backbone's features.
 
     Args:
-        preset: str. A preset directory, or a registered preset name
+        preset: str. A preset directory, or a preset name of `backbone_presets`
             resolved under `$KERAS_AIMV2_PRESETS`.
 
     Returns:
@@ -1277,12 +1278,14 @@ def load_attention_pool(preset):
     return pool
 
 
-def main(argv=None):
+def main(argv=None, prog="aimv2 convert"):
     """Command line: convert a checkpoint into a keras-hub preset.
 
     Args:
-        argv: list of str or `None`. The arguments; `None` reads
-            `sys.argv`. Defaults to `None`.
+        argv: list of str or `None`. The arguments, without the program
+            name; `None` reads `sys.argv`. Defaults to `None`.
+        prog: str. The name of the command in usage and error messages.
+            Defaults to `"aimv2 convert"`.
 
     Returns:
         The exit status: 0 on success, 1 with a message on stderr when the
@@ -1294,7 +1297,7 @@ def main(argv=None):
     0
     """
     parser = argparse.ArgumentParser(
-        prog="convert_checkpoint.py",
+        prog=prog,
         description=(
             "Convert a released AIMv2 checkpoint (safetensors; Apple's, "
             "Hugging Face transformers' or timm's layout) into a keras-hub "
@@ -1335,7 +1338,7 @@ def main(argv=None):
             log=lambda message: print(message, flush=True),
         )
     except (CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,7 +6,7 @@ Fini et al., CVPR 2025, Section 4 and Table A2): a learned query attends
 over the patch features and a linear layer classifies, trained with AdamW,
 a cosine schedule and weight decay 0.05 or 0.1, on RandomResizedCrop
 (scale 0.08 to 1) and flipped images. `probe` runs this protocol from a
-recipe (`recipes/probe_fashion_mnist.py`): it loads an encoder from a
+recipe (the packaged `probe_fashion_mnist`): it loads an encoder from a
 preset, or builds a randomly initialised one, trains the probe on
 Fashion-MNIST training images resized to the encoder's resolution (gray
 copied into 3 channels), reports top-1 accuracy on the 10,000 test images
@@ -215,7 +215,8 @@ def probe(recipe, output_dir=None):
     """Run a probe recipe; returns the summary written to metrics.json.
 
     Args:
-        recipe: dict. A probe recipe (see `recipes/probe_fashion_mnist.py`).
+        recipe: dict. A probe recipe (see the packaged
+            `probe_fashion_mnist`).
         output_dir: str or `None`. Where `recipe.json`, `metrics.json`, the
             training log and the classifier preset are written. Defaults to
             the recipe's `output_dir`.
@@ -228,7 +229,7 @@ def probe(recipe, output_dir=None):
     Example:
 
     >>> from keras_aimv2.recipes import load_recipe
-    >>> summary = probe(load_recipe("recipes/probe_fashion_mnist.py"))
+    >>> summary = probe(load_recipe("probe_fashion_mnist"))
     >>> summary["top1"]
     """
     started = time.time()

@@ -13,9 +13,11 @@ from PIL import Image
 
 import keras_aimv2
 from keras_aimv2.cli import main
+from keras_aimv2.recipes import packaged_recipes
+from keras_aimv2.recipes import recipe_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "recipes/tiny_scenes_cpu.py")
+# The packaged main-job recipe, by name (a path works as well).
+RECIPE = "tiny_scenes_cpu"
 SMALL = [
     "backbone.image_shape=(32, 32, 3)",
     "backbone.hidden_dim=32",
@@ -97,6 +99,8 @@ def test_pretrain_writes_its_state_logs_presets_and_pictures(tmp_path):
         "info",
         "build-dataset",
         "train-tokenizer",
+        "recipes",
+        "convert",
     ],
 )
 def test_every_command_explains_itself(command, capsys):
@@ -111,6 +115,39 @@ def test_every_command_explains_itself(command, capsys):
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["pretrain", RECIPE, "--set", "training.stepz=3"]) == 2
     assert "Unknown recipe key 'training.stepz'" in capsys.readouterr().err
+
+
+def test_recipes_command_lists_every_packaged_recipe(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    listing = packaged_recipes()
+    assert len(listing) >= 7
+    for recipe in listing:
+        assert recipe["name"] in out
+        assert recipe["summary"] in out
+        assert f"paper: {recipe['paper']}" in out
+    assert "aimv2 pretrain tiny_scenes_cpu" in out
+    assert "aimv2 probe probe_fashion_mnist" in out
+    assert "aimv2 pretrain my_recipe.py" in out
+
+
+@pytest.mark.parametrize("command", ["pretrain", "probe"])
+def test_recipe_commands_take_names_and_paths_from_any_directory(
+    command, capsys, tmp_path, monkeypatch
+):
+    # Loading succeeds, so the misspelt override is the error reported.
+    monkeypatch.chdir(tmp_path)
+    name = "tiny_scenes_cpu" if command == "pretrain" else "probe_fashion_mnist"
+    for recipe in (name, f"{name}.py", recipe_path(name)):
+        assert main([command, recipe, "--set", "training.stepz=3"]) == 2
+        assert "Unknown recipe key 'training.stepz'" in capsys.readouterr().err
+    assert main([command, "no_such_recipe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aimv2 {command}: ")
+    assert "'no_such_recipe'" in err and f"'{name}'" in err
 
 
 def test_backend_flag_chooses_the_backend():

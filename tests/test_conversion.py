@@ -31,6 +31,7 @@ from transformers.initialization import no_init_weights
 
 import keras_aimv2
 from keras_aimv2 import conversion
+from keras_aimv2.cli import main as aimv2
 from keras_aimv2.models import aimv2_presets
 
 TOLERANCE = 1e-4
@@ -606,19 +607,28 @@ def test_pickle_checkpoints_are_refused(tmp_path):
 
 
 def test_command_line(small, tmp_path, capsys):
+    # `aimv2 convert`, as users run it.
     output = tmp_path / "cli"
-    args = [small["path"], str(output), "--num-heads", "2"]
-    assert conversion.main(args) == 0
+    args = ["convert", small["path"], str(output), "--num-heads", "2"]
+    assert aimv2(args) == 0
     assert "Done" in capsys.readouterr().out
-    assert (output / "model.weights.h5").exists()
+    backbone = keras_aimv2.AIMV2Backbone.from_preset(str(output))
+    difference = max_difference(backbone(small["images"]), small["expected"])
+    assert difference < TOLERANCE
     # Converting again into the same directory fails, and says why.
-    assert conversion.main(args) == 1
-    assert "already exists" in capsys.readouterr().err
-    assert conversion.main(args + ["--overwrite"]) == 0
-    assert (
-        conversion.main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 1
-    )
+    assert aimv2(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aimv2 convert: error:")
+    assert "already exists" in err
+    assert aimv2(args + ["--overwrite"]) == 0
+    missing = [str(tmp_path / "nothing"), str(tmp_path / "x")]
+    assert aimv2(["convert", *missing]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # Bad arguments are the usage error of `aimv2 convert`.
+    with pytest.raises(SystemExit) as exit_info:
+        aimv2(["convert", small["path"]])
+    assert exit_info.value.code == 2
+    assert "usage: aimv2 convert" in capsys.readouterr().err
 
 
 def pil_resize(image, size):
@@ -722,8 +732,14 @@ def test_named_presets_load_local_conversions(small, tmp_path, monkeypatch):
         )
     assert not (root / name).exists()
     conversion.convert_checkpoint(small["path"], root / name, num_heads=2)
-    for cls in (keras_aimv2.AIMV2Backbone, keras_hub.models.Backbone):
-        backbone = cls.from_preset(name)
+    # The name resolves through our `from_preset`; keras-hub's own classes,
+    # whose preset tables the package leaves alone, load the directory.
+    for cls, preset in (
+        (keras_aimv2.AIMV2Backbone, name),
+        (keras_hub.models.Backbone, str(root / name)),
+    ):
+        backbone = cls.from_preset(preset)
+        assert isinstance(backbone, keras_aimv2.AIMV2Backbone)
         difference = max_difference(
             backbone(small["images"]), small["expected"]
         )
@@ -735,9 +751,7 @@ def test_named_presets_load_local_conversions(small, tmp_path, monkeypatch):
     with pytest.raises(aimv2_presets.PresetNotConvertedError) as error:
         keras_aimv2.AIMV2Backbone.from_preset(missing)
     message = str(error.value)
-    command = (
-        f"python tools/convert_checkpoint.py SOURCE {root / missing} "
-        f"--preset-name {missing}"
-    )
-    assert command in message
+    # The message gives the whole conversion command, into the right place.
+    assert aimv2_presets.conversion_command(missing) in message
+    assert f" SOURCE {root / missing} --preset-name {missing}" in message
     assert "apple/aimv2-huge-patch14-448" in message

@@ -312,7 +312,7 @@ def test_build_dataset_help_names_the_command(capsys):
     with pytest.raises(SystemExit) as raised:
         build.main(["--help"])
     assert raised.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: build_dataset.py")
+    assert capsys.readouterr().out.startswith("usage: aimv2 build-dataset")
     with pytest.raises(SystemExit) as raised:
         build.main(["folder"], prog="aimv2 build-dataset")
     assert raised.value.code == 2
@@ -328,4 +328,4 @@ def test_train_tokenizer_help_names_the_command(capsys):
     with pytest.raises(SystemExit) as raised:
         tokenizer_training.main(["--help"])
     assert raised.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: train_tokenizer.py")
+    assert capsys.readouterr().out.startswith("usage: aimv2 train-tokenizer")

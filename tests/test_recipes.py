@@ -1,21 +1,34 @@
 """Recipes follow the paper; overrides are checked; the optimizer's rules."""
 
-import glob
 import os
+import pathlib
 
 import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
 
+import keras_aimv2
 from keras_aimv2.optimization import aimv2_adamw
 from keras_aimv2.recipes import apply_overrides
 from keras_aimv2.recipes import backbone_arguments
 from keras_aimv2.recipes import check_recipe
 from keras_aimv2.recipes import load_recipe
+from keras_aimv2.recipes import packaged_recipes
+from keras_aimv2.recipes import recipe_names
+from keras_aimv2.recipes import recipe_path
 from keras_aimv2.training import learning_rate_schedule
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The recipes the package must ship, beside any added later.
+SHIPPED = {
+    "aimv2_1b",
+    "aimv2_3b",
+    "aimv2_huge",
+    "aimv2_large",
+    "aimv2_large_336",
+    "probe_fashion_mnist",
+    "tiny_scenes_cpu",
+}
 PAPER_PEAK_LEARNING_RATES = {
     "large": 1e-3,
     "huge": 8e-4,
@@ -24,16 +37,81 @@ PAPER_PEAK_LEARNING_RATES = {
 }
 
 
-@pytest.mark.parametrize("path", glob.glob(os.path.join(ROOT, "recipes/*.py")))
-def test_every_recipe_loads_and_names_its_paper(path):
-    recipe = load_recipe(path)
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_recipe_loads_and_names_its_paper(name):
+    recipe = load_recipe(name)
     assert "AIMv2" in recipe["paper"]
     assert backbone_arguments(recipe["backbone"])["patch_size"] > 0
 
 
+def test_recipes_are_files_of_the_installed_package():
+    package = os.path.dirname(os.path.abspath(keras_aimv2.__file__))
+    folder = os.path.join(package, "recipes")
+    files = {n[:-3] for n in os.listdir(folder) if n.endswith(".py")}
+    assert set(recipe_names()) == files - {"__init__"}
+    assert SHIPPED <= set(recipe_names())
+    for name in SHIPPED:
+        path = recipe_path(name)
+        assert os.path.samefile(path, os.path.join(folder, f"{name}.py"))
+
+
+def test_a_packaged_recipe_loads_by_name_from_any_directory(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("tiny_scenes_cpu")
+    assert recipe["name"] == "tiny_scenes_cpu"
+    # The `.py` suffix is accepted, and a recipe built on another one
+    # (aimv2_1b runs aimv2_large.py beside it) loads as well.
+    assert load_recipe("tiny_scenes_cpu.py") == recipe
+    assert load_recipe("aimv2_1b")["backbone"] == {"size": "1b"}
+    # An existing file is used as it is, even named like a packaged one.
+    source = pathlib.Path(recipe_path("tiny_scenes_cpu")).read_text()
+    (tmp_path / "tiny_scenes_cpu.py").write_text(
+        source + "\nRECIPE['training']['steps'] = 7\n"
+    )
+    assert load_recipe("tiny_scenes_cpu.py")["training"]["steps"] == 7
+    assert load_recipe("tiny_scenes_cpu")["training"]["steps"] != 7
+    assert load_recipe(str(tmp_path / "tiny_scenes_cpu.py")) == (
+        load_recipe("tiny_scenes_cpu.py")
+    )
+
+
+@pytest.mark.parametrize("value", ["no_such_recipe", "missing/dir/tiny.py"])
+def test_an_unknown_recipe_names_the_value_and_lists_the_recipes(value):
+    with pytest.raises(ValueError) as error:
+        load_recipe(value)
+    message = str(error.value)
+    assert repr(value) in message
+    for name in SHIPPED:
+        assert repr(name) in message
+    assert "aimv2 recipes" in message
+
+
+def test_packaged_recipes_give_name_paper_and_summary():
+    listing = packaged_recipes()
+    assert [r["name"] for r in listing] == recipe_names()
+    by_name = {r["name"]: r for r in listing}
+    tiny = by_name["tiny_scenes_cpu"]
+    assert tiny["paper"] == load_recipe("tiny_scenes_cpu")["paper"]
+    assert tiny["summary"] == (
+        "Tiny AIMv2 on procedural captioned scenes, on a 2-core CPU (main job)."
+    )
+    assert by_name["aimv2_1b"]["summary"].startswith("AIMv2-1B pre-training")
+    assert by_name["probe_fashion_mnist"]["command"] == "probe"
+    assert {r["command"] for r in listing if r["name"] in SHIPPED} == {
+        "pretrain",
+        "probe",
+    }
+    for recipe in listing:
+        assert "AIMv2" in recipe["paper"], recipe["name"]
+        assert recipe["summary"] and "\n" not in recipe["summary"]
+        assert os.path.isfile(recipe["path"])
+
+
 @pytest.mark.parametrize("size", sorted(PAPER_PEAK_LEARNING_RATES))
 def test_paper_recipes_follow_table_a1(size):
-    recipe = load_recipe(os.path.join(ROOT, f"recipes/aimv2_{size}.py"))
+    recipe = load_recipe(f"aimv2_{size}")
     training = recipe["training"]
     assert training["peak_learning_rate"] == PAPER_PEAK_LEARNING_RATES[size]
     assert training["batch_size"] == 8192
@@ -56,7 +134,7 @@ def test_paper_recipes_follow_table_a1(size):
 
 
 def test_overrides_set_values_and_reject_unknown_keys():
-    recipe = load_recipe(os.path.join(ROOT, "recipes/tiny_scenes_cpu.py"))
+    recipe = load_recipe("tiny_scenes_cpu")
     apply_overrides(
         recipe, ["training.steps=7", "backbone.image_shape=(16, 16, 3)"]
     )
@@ -72,12 +150,8 @@ def test_overrides_set_values_and_reject_unknown_keys():
         load_recipe("no_such_recipe")
 
 
-def _recipe_path(name):
-    return os.path.join(ROOT, "recipes", f"{name}.py")
-
-
 def _tiny_recipe():
-    return load_recipe(_recipe_path("tiny_scenes_cpu"))
+    return load_recipe("tiny_scenes_cpu")
 
 
 @pytest.mark.parametrize(
@@ -148,9 +222,9 @@ def test_overrides_are_converted_to_the_entry_type():
 
 
 def test_probe_recipe_overrides_follow_its_own_sections():
-    path = _recipe_path("probe_fashion_mnist")
+    name = "probe_fashion_mnist"
     recipe = apply_overrides(
-        load_recipe(path),
+        load_recipe(name),
         [
             "training.steps_per_epoch=5",
             "head.feature_layers=(2, 3)",
@@ -162,9 +236,9 @@ def test_probe_recipe_overrides_follow_its_own_sections():
     assert recipe["head"]["feature_layers"] == (2, 3)
     assert recipe["backbone"]["image_shape"] is None
     with pytest.raises(ValueError, match="`head.dropout` must be"):
-        apply_overrides(load_recipe(path), ["head.dropout=1.0"])
+        apply_overrides(load_recipe(name), ["head.dropout=1.0"])
     with pytest.raises(ValueError, match="`training.epochs` must be"):
-        apply_overrides(load_recipe(path), ["training.epochs=0"])
+        apply_overrides(load_recipe(name), ["training.epochs=0"])
 
 
 def test_values_written_in_a_recipe_file_are_checked(tmp_path):
@@ -175,7 +249,7 @@ def test_values_written_in_a_recipe_file_are_checked(tmp_path):
     path = tmp_path / "bad_rate.py"
     path.write_text(
         "import runpy\n"
-        f"RECIPE = runpy.run_path({_recipe_path('tiny_scenes_cpu')!r})"
+        f"RECIPE = runpy.run_path({recipe_path('tiny_scenes_cpu')!r})"
         "['RECIPE']\n"
         "RECIPE['training']['peak_learning_rate'] = -1e-3\n"
     )

@@ -1,7 +1,5 @@
 """Other resolutions: resampled position embeddings, presets, recipes."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from keras_aimv2.recipes import backbone_arguments
 from keras_aimv2.recipes import load_recipe
 from keras_aimv2.training import initialize_from_preset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIONS = "patch_embedding/position_embedding"
 
 
@@ -167,7 +164,7 @@ def test_pretraining_continues_from_a_preset_at_a_higher_resolution(
 
 
 def test_high_resolution_recipe_follows_the_paper():
-    recipe = load_recipe(os.path.join(ROOT, "recipes/aimv2_large_336.py"))
+    recipe = load_recipe("aimv2_large_336")
     assert backbone_arguments(recipe["backbone"])["image_shape"] == (
         336,
         336,

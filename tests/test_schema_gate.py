@@ -7,9 +7,10 @@ import subprocess
 import pytest
 from PIL import Image
 
+from keras_aimv2.data import validation_env
 from keras_aimv2.data.scenes import scenes_source
-from keras_aimv2.data.schema_gate import ROOT
 from keras_aimv2.data.schema_gate import DataValidationError
+from keras_aimv2.data.schema_gate import validate_shards
 from keras_aimv2.data.shards import write_shards
 from keras_aimv2.training import check_schema
 
@@ -21,7 +22,16 @@ def _grayscale_png():
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
+def validation_python():
+    """The validation environment's Python; tests do not create it."""
+    try:
+        return validation_env.environment_python(create=False)
+    except validation_env.ValidationEnvironmentError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, validation_python):
     root = tmp_path_factory.mktemp("gate")
     clean, bad = str(root / "clean"), str(root / "bad")
     write_shards(scenes_source(40, seed=0), clean, verbose=False)
@@ -29,17 +39,10 @@ def datasets(tmp_path_factory):
     examples[3] = ("gray", _grayscale_png(), "a gray square")
     write_shards(examples, bad, verbose=False)
     inferred = str(root / "inferred")
-    subprocess.run(
-        [
-            os.path.join(ROOT, ".venv-tfdv", "bin", "python"),
-            os.path.join(ROOT, "tools", "validate_data.py"),
-            clean,
-            "--output",
-            inferred,
-        ],
-        check=True,
-        capture_output=True,
+    command = validation_env.validator_command(
+        [clean, "--output", inferred], validation_python
     )
+    subprocess.run(command, check=True, capture_output=True)
     return clean, bad, os.path.join(inferred, "schema.pbtxt"), str(root)
 
 
@@ -61,3 +64,15 @@ def test_mismatching_shards_are_refused_unless_allowed(datasets):
     )
     report = os.path.join(output, "validation", "train", "report.txt")
     assert "image_channels" in open(report).read()
+
+
+def test_a_missing_schema_is_refused_before_the_environment_is_made(
+    tmp_path, monkeypatch
+):
+    def refuse(**kwargs):
+        raise AssertionError("the environment was looked up")
+
+    monkeypatch.setattr(validation_env, "environment_python", refuse)
+    missing = str(tmp_path / "schema.pbtxt")
+    with pytest.raises(ValueError, match="`data.schema` is not a file"):
+        validate_shards(str(tmp_path), missing, str(tmp_path / "report"))

@@ -1,8 +1,6 @@
 """Caption tokenizer: training a SentencePiece model and `AIMV2Tokenizer`."""
 
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -15,12 +13,11 @@ from _data_helpers import write_tiny_shards
 from conftest import TINY_BACKBONE
 
 import keras_aimv2
+from keras_aimv2.cli import main as aimv2
 from keras_aimv2.data.tokenizer_training import iter_captions
 from keras_aimv2.data.tokenizer_training import main
 from keras_aimv2.data.tokenizer_training import train_sentencepiece
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +92,7 @@ def test_captions_from_file_and_shards(tmp_path):
         iter_captions(tmp_path / "missing.txt")
 
 
-def test_command_line(tmp_path, monkeypatch):
+def test_command_line(tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(make_captions(300)), encoding="utf-8")
     output = tmp_path / "cli" / "tokenizer.model"
@@ -103,16 +100,12 @@ def test_command_line(tmp_path, monkeypatch):
     arguments += ["--output", str(output), "--num-threads", "1"]
     assert main(arguments) == 0
     assert _processor(str(output)).vocab_size() == 150
-    # The script users run, in this process (a new one would take seconds
-    # to import TensorFlow).
-    script_output = tmp_path / "script.model"
-    arguments[arguments.index(str(output))] = str(script_output)
-    script = os.path.join(REPO, "tools", "train_tokenizer.py")
-    monkeypatch.setattr(sys, "argv", [script] + arguments)
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(script, run_name="__main__")
-    assert exit_info.value.code == 0
-    with open(output, "rb") as a, open(script_output, "rb") as b:
+    # The command users run, `aimv2 train-tokenizer`, in this process (a
+    # new one would take seconds to import TensorFlow).
+    command_output = tmp_path / "command.model"
+    arguments[arguments.index(str(output))] = str(command_output)
+    assert aimv2(["train-tokenizer", *arguments]) == 0
+    with open(output, "rb") as a, open(command_output, "rb") as b:
         assert a.read() == b.read()
 
 

@@ -18,8 +18,8 @@ from keras_aimv2.recipes import load_recipe
 from keras_aimv2.transfer import build_encoder
 from keras_aimv2.transfer import probe_datasets
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "recipes/probe_fashion_mnist.py")
+# The packaged probe recipe, by name.
+RECIPE = "probe_fashion_mnist"
 SMALL = [
     "backbone.hidden_dim=32",
     "backbone.num_layers=1",

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-exec .venv/bin/aimv2 pretrain recipes/tiny_scenes_cpu.py "$@"
+exec .venv/bin/aimv2 pretrain tiny_scenes_cpu "$@"

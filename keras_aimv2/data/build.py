@@ -1,13 +1,15 @@
 """Command line that builds a sharded image-caption dataset.
 
+It is `aimv2 build-dataset`:
+
 ```
-python tools/build_dataset.py scenes --num-examples 10000 --seed 0 \\
+aimv2 build-dataset scenes --num-examples 10000 --seed 0 \\
     --image-size 64 --output data/scenes/train
-python tools/build_dataset.py fashion-mnist --split test \\
+aimv2 build-dataset fashion-mnist --split test \\
     --output data/fashion-mnist/test
-python tools/build_dataset.py folder --images DIR --captions FILE \\
+aimv2 build-dataset folder --images DIR --captions FILE \\
     --output data/mine/train
-python tools/build_dataset.py webdataset --tars 'shards/*.tar' \\
+aimv2 build-dataset webdataset --tars 'shards/*.tar' \\
     --output data/web/train
 ```
 """
@@ -22,7 +24,7 @@ from keras_aimv2.data import shards
 from keras_aimv2.data import sources
 
 
-def main(argv=None, prog="build_dataset.py"):
+def main(argv=None, prog="aimv2 build-dataset"):
     """Build a dataset as the command line `argv` asks.
 
     Rows that cannot be used (missing or undecodable images, bad captions,
@@ -33,8 +35,8 @@ def main(argv=None, prog="build_dataset.py"):
     Args:
         argv: list of str or `None`. The arguments, without the program
             name. Defaults to `None`, which reads `sys.argv`.
-        prog: str. The name of the command in usage and error messages,
-            e.g. `"aimv2 build-dataset"`. Defaults to `"build_dataset.py"`.
+        prog: str. The name of the command in usage and error messages.
+            Defaults to `"aimv2 build-dataset"`.
 
     Returns:
         `0` once the dataset is written. `--help` exits with status 0 after

@@ -238,7 +238,7 @@ def read_manifest(directory):
         raise ValueError(
             f"{directory!r} is not a dataset directory: it has no "
             f"{MANIFEST_NAME}. Write one with `write_shards` or "
-            "`tools/build_dataset.py` (an interrupted build leaves none)."
+            "`aimv2 build-dataset` (an interrupted build leaves none)."
         )
     try:
         with open(path, encoding="utf-8") as file:

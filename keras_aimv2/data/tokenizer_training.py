@@ -9,7 +9,7 @@ and no start token (the AIMv2 decoder prepends its own).
 
 Example:
 
-    python tools/train_tokenizer.py --captions captions.txt \\
+    aimv2 train-tokenizer --captions captions.txt \\
         --vocabulary-size 1000 --output tokenizer.model
 """
 
@@ -242,15 +242,14 @@ def _check_limit(limit, name="limit"):
         check_positive_int(name, limit)
 
 
-def main(argv=None, prog="train_tokenizer.py"):
+def main(argv=None, prog="aimv2 train-tokenizer"):
     """Command line: train a tokenizer from a caption file or shards.
 
     Args:
         argv: list of str or `None`. Arguments without the program name.
             Defaults to `None` (`sys.argv[1:]`).
-        prog: str. The name of the command in usage and error messages,
-            e.g. `"aimv2 train-tokenizer"`. Defaults to
-            `"train_tokenizer.py"`.
+        prog: str. The name of the command in usage and error messages.
+            Defaults to `"aimv2 train-tokenizer"`.
 
     Returns:
         int. The exit status, `0` on success. `--help` exits with status 0

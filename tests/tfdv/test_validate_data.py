@@ -1,4 +1,4 @@
-"""Tests of tools/validate_data.py on small shards made at test time.
+"""Tests of the packaged validator on small shards made at test time.
 
 Clean shards of scene-like pictures (coloured shapes on a plain background,
 captioned with what they show) pass; shards with one injected fault each
@@ -23,9 +23,7 @@ import validate_data
 from PIL import Image
 from PIL import ImageDraw
 
-SCRIPT = os.path.join(
-    os.path.dirname(__file__), os.pardir, os.pardir, "tools", "validate_data.py"
-)
+SCRIPT = validate_data.__file__
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -554,13 +552,14 @@ def test_bad_arguments_exit_2(name, clean_run, not_a_model, tmp_path, capsys):
 # The script itself.
 
 
-def _script(*args):
+def _script(*args, cwd=None):
     return subprocess.run(
         [sys.executable, SCRIPT, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -584,3 +583,15 @@ def test_script_exits_2_on_bad_arguments(tmp_path):
     result = _script(tmp_path / "nothing-here")
     assert result.returncode == 2
     assert "SHARDS_DIR must be a dataset directory" in result.stderr
+
+
+def test_script_runs_from_any_folder_under_the_name_it_is_given(tmp_path):
+    # As `aimv2 validate` runs it: by path, from the user's folder.
+    result = _script(
+        "--prog", "aimv2 validate", tmp_path / "nothing-here", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("aimv2 validate: error: SHARDS_DIR")
+    usage = _script("--prog", "aimv2 validate", "--help", cwd=tmp_path)
+    assert usage.returncode == 0
+    assert usage.stdout.startswith("usage: aimv2 validate")

@@ -9,7 +9,7 @@ RandomResizedCrop 224 (scale 0.4-1) and horizontal flips.
 
 Point it at your shards and SigLIP's SentencePiece model:
 
-    aimv2 pretrain recipes/aimv2_large.py --set \\
+    aimv2 pretrain aimv2_large --set \\
         data.train_dir=/data/dfn/train tokenizer.model=/models/siglip.model
 
 Expected: ImageNet-1k attentive probe 86.6% top-1 at 224 pixels.

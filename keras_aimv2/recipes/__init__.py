@@ -5,6 +5,11 @@ A recipe file defines `RECIPE`, a dict with the sections `backbone`
 `AIMV2Pretrainer`), `data`, `tokenizer`, `training` and `output_dir`, and
 names the paper configuration it follows under `paper`. Nothing is hidden in
 code: `pretrain` reads every number from the recipe.
+
+The recipes of this package are the `.py` files of this folder, installed
+with it; `load_recipe` takes one by name (`tiny_scenes_cpu`) from any
+working directory, or any recipe file by its path. `packaged_recipes` lists
+them (`aimv2 recipes` prints the list).
 """
 
 import ast
@@ -16,6 +21,8 @@ import runpy
 from keras_aimv2.validation import check_positive_int
 
 SECTIONS = ("backbone", "decoder", "data", "tokenizer", "training")
+# The folder of the packaged recipe files: this package's own.
+RECIPE_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 
 # Entries a pre-training recipe written before they existed may lack: one
 # device, float32, no accumulation, no rematerialization, the tokenizer's
@@ -144,35 +151,116 @@ RECIPE_RULES = {
 }
 
 
-def load_recipe(path):
-    """Read `RECIPE` from a recipe file (a path, or a name in `recipes/`).
+def recipe_names():
+    """The names of the recipes packaged with `keras_aimv2`, sorted.
+
+    Returns:
+        A list of str, e.g. `["aimv2_1b", ..., "tiny_scenes_cpu"]`: the
+        `.py` files of `RECIPE_DIRECTORY` without their suffix.
+    """
+    return sorted(
+        name[: -len(".py")]
+        for name in os.listdir(RECIPE_DIRECTORY)
+        if name.endswith(".py") and not name.startswith("_")
+    )
+
+
+def recipe_path(name_or_path):
+    """The file of a recipe, given its path or the name of a packaged one.
 
     Args:
-        path: str. A `.py` file defining `RECIPE`, or the name of one in the
-            `recipes/` folder of the working directory.
+        name_or_path: str. The path of an existing recipe file, used as it
+            is, or the name of a recipe packaged with `keras_aimv2`
+            (`"tiny_scenes_cpu"`; a `.py` suffix is accepted).
+
+    Returns:
+        The path of the recipe file.
+
+    Raises:
+        ValueError: when `name_or_path` is neither an existing file nor the
+            name of a packaged recipe; the message lists the names.
+    """
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = os.fspath(name_or_path)
+    if name.endswith(".py"):
+        name = name[: -len(".py")]
+    names = recipe_names()
+    if name not in names:
+        raise ValueError(
+            f"No recipe file or packaged recipe named {name_or_path!r}. "
+            f"Pass the path of a .py file that defines RECIPE, or one of "
+            f"the packaged recipes: {names} (`aimv2 recipes` lists them)."
+        )
+    return os.path.join(RECIPE_DIRECTORY, f"{name}.py")
+
+
+def packaged_recipes():
+    """The recipes packaged with `keras_aimv2`, with what each follows.
+
+    Every packaged recipe file is run (they only build dicts) to read its
+    `paper` entry and its docstring.
+
+    Returns:
+        A list of dicts, one per recipe in the order of `recipe_names`, with
+        `name` (what `load_recipe` and `aimv2 pretrain NAME` take), `paper`
+        (the recipe's `paper` entry, or `None`), `summary` (the first line
+        of the recipe file's docstring, or `""`), `command` (the `aimv2`
+        command that runs it: `"probe"` for a recipe with a `head` section,
+        else `"pretrain"`) and `path` (its file).
+
+    Example:
+
+    >>> [r["name"] for r in packaged_recipes()]  # doctest: +SKIP
+    ['aimv2_1b', 'aimv2_3b', ..., 'probe_fashion_mnist', 'tiny_scenes_cpu']
+    """
+    listing = []
+    for name in recipe_names():
+        path = os.path.join(RECIPE_DIRECTORY, f"{name}.py")
+        namespace = _run_recipe_file(path)
+        recipe = namespace.get("RECIPE")
+        if not isinstance(recipe, dict):
+            recipe = {}
+        lines = (namespace.get("__doc__") or "").strip().splitlines()
+        listing.append(
+            {
+                "name": name,
+                "paper": recipe.get("paper"),
+                "summary": lines[0].strip() if lines else "",
+                "command": "probe" if "head" in recipe else "pretrain",
+                "path": path,
+            }
+        )
+    return listing
+
+
+def load_recipe(name_or_path):
+    """Read `RECIPE` from a recipe file, or from a packaged recipe by name.
+
+    Args:
+        name_or_path: str. The path of a `.py` file defining `RECIPE`, used
+            as it is when the file exists; otherwise the name of a recipe
+            packaged with `keras_aimv2` (`"tiny_scenes_cpu"`, or
+            `"tiny_scenes_cpu.py"`), found from any working directory.
 
     Returns:
         A deep copy of the recipe dict, its values checked by
         `check_recipe`.
 
     Raises:
-        ValueError: when the file does not exist, is not valid Python (the
-            message gives `path:line`), or defines no valid `RECIPE`.
+        ValueError: when no such file or packaged recipe exists (the
+            message lists the packaged names), or the file is not valid
+            Python (the message gives `path:line`), or defines no valid
+            `RECIPE`.
+
+    Example:
+
+    >>> recipe = load_recipe("tiny_scenes_cpu")  # doctest: +SKIP
+    >>> recipe["paper"]  # doctest: +SKIP
+    'AIMv2 (arXiv:2411.14402), Table A1 scaled down for a CPU'
     """
-    candidates = [path, os.path.join("recipes", f"{path}.py")]
-    found = next((c for c in candidates if os.path.isfile(c)), None)
-    if found is None:
-        raise ValueError(
-            f"No recipe file at {path!r} (looked for {candidates}). Pass the "
-            "path of a .py file that defines RECIPE."
-        )
-    try:
-        recipe = runpy.run_path(found).get("RECIPE")
-    except SyntaxError as error:
-        raise ValueError(
-            f"Recipe file {found!r} is not valid Python: "
-            f"{error.filename}:{error.lineno}: {error.msg}"
-        ) from None
+    found = recipe_path(name_or_path)
+    recipe = _run_recipe_file(found).get("RECIPE")
     if not isinstance(recipe, dict):
         raise ValueError(f"Recipe file {found!r} must define a dict RECIPE.")
     missing = [s for s in SECTIONS if s not in recipe]
@@ -183,6 +271,17 @@ def load_recipe(path):
     except ValueError as error:
         raise ValueError(f"Recipe file {found!r}: {error}") from None
     return copy.deepcopy(recipe)
+
+
+def _run_recipe_file(path):
+    """The globals of recipe file `path`; a `ValueError` on a syntax error."""
+    try:
+        return runpy.run_path(path)
+    except SyntaxError as error:
+        raise ValueError(
+            f"Recipe file {path!r} is not valid Python: "
+            f"{error.filename}:{error.lineno}: {error.msg}"
+        ) from None
 
 
 def apply_overrides(recipe, overrides):

@@ -6,16 +6,25 @@ TFDV cannot see in the raw bytes (decoded image size, aspect ratio, colour
 channels and format; caption length in characters, words and tokens; blank
 captions), computes TFDV statistics over them, and validates them against a
 schema: the one given with `--schema`, or one inferred from the data and
-curated (see `tools/data_validation/schema.py`). With `--reference` it also
+curated (see `data_validation/schema.py`). With `--reference` it also
 checks the drift of caption token length, image size and formats against
 another dataset. Results go to the report directory (`report.txt`,
 `anomalies.pbtxt`, `schema.pbtxt`, `statistics.pb`, `examples.csv`,
 `summary.png`).
 
-Runs in the TFDV environment made by `tools/setup_validation_env.sh`:
+It runs in the separate TFDV environment (TensorFlow 2.16, no Keras 3) that
+`keras_aimv2.data.validation_env` creates on first use, by file path, so
+that this folder is on the import path and `data_validation` is found. Run
+it with `aimv2 validate`, which forwards its arguments here:
 
-    .venv-tfdv/bin/python tools/validate_data.py data/scenes/train \
-        --tokenizer tokenizer.model --output runs/validation
+    aimv2 validate data/scenes/train --tokenizer tokenizer.model \
+        --output runs/validation
+
+The package never imports this file. Its module level imports only the
+standard library and `data_validation.dataset` (standard library too), so
+that `--help` and argument errors work in any Python; TensorFlow and TFDV
+are imported once the arguments are checked. A first argument pair
+`--prog NAME` names the command in usage and error messages.
 
 Save the `schema.pbtxt` of a clean run, review it, and pass it with
 `--schema` afterwards so that every new dataset meets the same rules.
@@ -41,6 +50,7 @@ EXIT_ANOMALIES = 1
 EXIT_BAD_ARGUMENTS = 2
 EXIT_FAILURE = 3
 DEFAULT_LIMITS = {"context_length": 77, "min_image_size": 32, "max_aspect": 3.0}
+PROG = "validate_data.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +75,17 @@ class Config:
     output: str
 
 
-def build_parser():
-    """Return the command line parser of the tool."""
+def build_parser(prog=PROG):
+    """Return the command line parser of the tool.
+
+    Args:
+        prog: str. The name of the command in usage and error messages.
+
+    Returns:
+        An `argparse.ArgumentParser`.
+    """
     parser = argparse.ArgumentParser(
-        prog="validate_data.py",
+        prog=prog,
         description="Validate image-caption TFRecord shards with TensorFlow "
         "Data Validation. Exit status: 0 no anomalies, 1 anomalies, 2 bad "
         "arguments, 3 failure of the tool.",
@@ -183,38 +200,41 @@ def _check_limits(args):
     return limits
 
 
-def main(argv=None):
+def main(argv=None, prog=PROG):
     """Run the tool.
 
     Args:
         argv: list of str or `None`. The arguments; `None` reads
             `sys.argv`.
+        prog: str. The name of the command in usage and error messages,
+            e.g. `"aimv2 validate"`.
 
     Returns:
         The exit status: 0 no anomalies, 1 anomalies or unreadable shards,
         2 bad arguments, 3 failure of the tool.
     """
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
     except SystemExit as stop:
         return stop.code
     try:
         config = check_arguments(args)
-        return run(config)
+        return run(config, prog)
     except dataset_lib.ArgumentError as error:
-        print(f"validate_data.py: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
     except Exception:
         traceback.print_exc()
-        print("validate_data.py: the tool failed (see above).", file=sys.stderr)
+        print(f"{prog}: the tool failed (see above).", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def run(config):
+def run(config, prog=PROG):
     """Validate a dataset and write the report.
 
     Args:
         config: `Config`.
+        prog: str. The name of the command in error messages.
 
     Returns:
         The exit status: 0 no anomalies, 1 anomalies or unreadable shards.
@@ -236,7 +256,7 @@ def run(config):
     try:
         validation = pipeline.validate(config)
     except records.DataError as error:
-        print(f"validate_data.py: unreadable data: {error}", file=sys.stderr)
+        print(f"{prog}: unreadable data: {error}", file=sys.stderr)
         return EXIT_ANOMALIES
     report_path = pipeline.write_report(validation, config.output)
     _print_result(
@@ -279,5 +299,20 @@ def _quiet_libraries():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _split_prog(argv):
+    """Take a leading `--prog NAME` off the command line.
+
+    Args:
+        argv: list of str. The arguments after the script's path.
+
+    Returns:
+        `(arguments, prog)`: the remaining arguments and the command name.
+    """
+    if len(argv) >= 2 and argv[0] == "--prog":
+        return argv[2:], argv[1]
+    return argv, PROG
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    arguments, name = _split_prog(sys.argv[1:])
+    sys.exit(main(arguments, name))

@@ -6,7 +6,7 @@ learning rate of 4e-4. Expected: ImageNet-1k attentive probe 88.5% top-1 at
 
 Its float32 weights, gradients and AdamW moments take one device's memory
 under data parallelism (see the README's table); on JAX, split them over a
-mesh instead: `aimv2 pretrain recipes/aimv2_3b.py --strategy sharded
+mesh instead: `aimv2 pretrain aimv2_3b --strategy sharded
 --mesh-shape 1,8`.
 """
 

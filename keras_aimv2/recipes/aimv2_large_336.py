@@ -4,7 +4,7 @@ AIMv2's 336 and 448 pixel models continue the 224 pixel pre-training on 2B
 further image-text pairs at the higher resolution with weight decay 0,
 which the paper needs for stability (Section 4). This recipe starts from a
 224 pixel AIMv2-L pre-training preset (`initialize.preset`, written by
-`aimv2 pretrain recipes/aimv2_large.py` as `preset/pretrainer`); its
+`aimv2 pretrain aimv2_large` as `preset/pretrainer`); its
 learned position embedding is resampled bicubically from 16 x 16 to
 24 x 24 patches, and the decoder and heads carry over unchanged. 2B pairs
 at batch 8192 are 244,141 steps. Everything else is Table A1's recipe: the
@@ -12,7 +12,7 @@ reference gives no separate learning rate for this stage, so it keeps the
 224 pixel schedule (warm-up, peak 1e-3, cosine to 1e-5) — an assumption.
 Use the 224 run's tokenizer:
 
-    aimv2 pretrain recipes/aimv2_large_336.py --set \\
+    aimv2 pretrain aimv2_large_336 --set \\
         initialize.preset=runs/aimv2_large/preset/pretrainer \\
         data.train_dir=/data/dfn/train tokenizer.model=/models/siglip.model
 

@@ -64,12 +64,13 @@ COLUMNS = (
 def _load_caption_cleaning():
     """`keras_aimv2/captions.py`, read by path.
 
-    This environment cannot install the package (its TensorFlow is older),
-    and the module needs only ftfy and NumPy.
+    This environment cannot import the package (importing it imports Keras
+    3, which needs a newer TensorFlow), and the module needs only ftfy and
+    NumPy. This folder is `keras_aimv2/data/tfdv/data_validation`, in a
+    checkout and in an installed package alike.
     """
-    path = os.path.join(
-        os.path.dirname(__file__), "..", "..", "keras_aimv2", "captions.py"
-    )
+    package = os.path.join(os.path.dirname(__file__), "..", "..", "..")
+    path = os.path.join(os.path.abspath(package), "captions.py")
     spec = importlib.util.spec_from_file_location("captions", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

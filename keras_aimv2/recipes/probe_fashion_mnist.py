@@ -17,7 +17,7 @@ normalized with ImageNet's mean and standard deviation as in pre-training.
 The default encoder is the architecture of `tiny_scenes_cpu.py` at 32
 pixels, randomly initialised; probe a trained one with
 
-    aimv2 probe recipes/probe_fashion_mnist.py \\
+    aimv2 probe probe_fashion_mnist \\
         --set backbone.preset=runs/fmnist_pretrain/preset/backbone
 
 The `decoder` and `tokenizer` sections are empty: a probe needs neither.

@@ -17,7 +17,7 @@ def validate(config):
     """Compute the features and statistics of a dataset and validate them.
 
     Args:
-        config: the `Config` of `tools/validate_data.py`.
+        config: the `Config` of `validate_data.py`.
 
     Returns:
         A `report.Validation`.

@@ -92,7 +92,7 @@ def _read_manifest(directory, argument):
         raise ArgumentError(
             f"{argument} {directory!r} is not a dataset directory: it has no "
             f"{MANIFEST_NAME} (write one with keras_aimv2's write_shards or "
-            "tools/build_dataset.py; an interrupted build leaves none)."
+            "`aimv2 build-dataset`; an interrupted build leaves none)."
         )
     try:
         with open(path, encoding="utf-8") as file:
