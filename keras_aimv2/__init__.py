@@ -4,12 +4,16 @@ AIMv2 ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
 Fini et al., CVPR 2025) pre-trains a ViT by pairing it with a causal
 multimodal decoder that regresses the image's patches and then generates its
 caption. This package implements it on JAX, TensorFlow and PyTorch.
+
+Importing it changes no global state: it sets no environment variable and
+registers nothing in keras-hub's preset tables (Apple's checkpoints load by
+name through the `from_preset` of its classes). It first checks that the
+installed Keras and keras-hub still have the internals it relies on
+(`keras_aimv2.compat`). JAX's XLA:CPU tuning is an explicit call,
+`keras_aimv2.xla_cpu.configure()`, which `aimv2 pretrain` makes.
 """
 
-from keras_aimv2 import xla_cpu
-
-xla_cpu.configure()
-
+from keras_aimv2 import compat  # noqa: F401  (first: checks the versions)
 from keras_aimv2 import layers
 from keras_aimv2.configs import BACKBONE_CONFIGS
 from keras_aimv2.configs import DECODER_CONFIGS

@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import optimizer_trainable_variables
 from keras_aimv2.validation import check_positive_int
 
 _PATCH_EMBEDDING = re.compile(r"(?:^|/)patch_embedding/")
@@ -107,7 +108,7 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
 
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:
-            variables = getattr(self, "_trainable_variables", [])
+            variables = optimizer_trainable_variables(self)
         else:
             variables = list(trainable_variables)
         scaled = []

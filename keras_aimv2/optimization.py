@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import GradientClippingHooks
 from keras_aimv2.distribution import tf_replica_context
 
 # Weights that are never decayed: biases, norm scales, position embeddings
@@ -12,11 +13,13 @@ NO_DECAY = ("bias", "scale", "position_embedding", "bos_token")
 
 
 @register
-class AIMV2AdamW(keras.optimizers.AdamW):
+class AIMV2AdamW(GradientClippingHooks, keras.optimizers.AdamW):
     """Keras's AdamW, clipping the gradient one device would see.
 
     `global_clipnorm` clips the global norm of the gradient of the whole
-    batch, as AIMv2's trainer does, on every backend:
+    batch, as AIMv2's trainer does, on every backend. Keras's own
+    `global_clipnorm` does the clipping; this class changes what it clips
+    (through `keras_aimv2.compat.GradientClippingHooks`):
 
     - Under `tf.distribute`, Keras clips each replica's gradients before it
       sums them over the replicas. This class sums first (the same single
@@ -33,21 +36,29 @@ class AIMV2AdamW(keras.optimizers.AdamW):
     Args: those of `keras.optimizers.AdamW`.
     """
 
-    # Keras clips (`_clip_gradients`) and then, in `_backend_update_step`,
-    # sums over the replicas (`_all_reduce_sum_gradients`); every update
-    # goes through both, in this order. The sum moves into the first.
-    def _clip_gradients(self, grads):
+    def gradients_to_clip(self, grads):
+        """The replicas' summed gradients, repeated rows added up.
+
+        Args:
+            grads: list of this replica's gradients.
+
+        Returns:
+            The list of gradients to clip and apply.
+        """
         context = tf_replica_context()
         if context is not None:
             grads = context.all_reduce("sum", grads)
         if keras.config.backend() == "tensorflow":
             grads = [_add_up_repeated_rows(g) for g in grads]
-        return super()._clip_gradients(grads)
+        return grads
 
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        if tf_replica_context() is not None:
-            return list(grads_and_vars)
-        return super()._all_reduce_sum_gradients(grads_and_vars)
+    def sums_replicas_before_clipping(self):
+        """Whether `gradients_to_clip` summed the replicas' gradients.
+
+        Returns:
+            bool. True inside a step of several `tf.distribute` replicas.
+        """
+        return tf_replica_context() is not None
 
 
 def _add_up_repeated_rows(gradient):

@@ -22,12 +22,12 @@ import shutil
 import time
 
 import keras
-from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import check_config_class
-from keras_hub.src.utils.preset_utils import check_file_exists
-from keras_hub.src.utils.preset_utils import load_json
 
 from keras_aimv2 import distribution
+from keras_aimv2.compat import TASK_CONFIG_FILE
+from keras_aimv2.compat import check_config_class
+from keras_aimv2.compat import check_file_exists
+from keras_aimv2.compat import load_json
 from keras_aimv2.data.pipeline import pretraining_dataset
 from keras_aimv2.data.schema_gate import DataValidationError
 from keras_aimv2.data.schema_gate import validate_shards

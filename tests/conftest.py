@@ -8,6 +8,11 @@ import numpy as np
 import pytest
 
 import keras_aimv2
+from keras_aimv2 import xla_cpu
+
+# The JAX tests run with the XLA:CPU tuning `aimv2 pretrain` applies on a
+# CPU host (importing the package no longer sets it).
+xla_cpu.configure()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BACKBONE = keras_aimv2.BACKBONE_CONFIGS["tiny"]

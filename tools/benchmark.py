@@ -88,11 +88,8 @@ DEFAULT_VARIANTS = {
     "large-224": ("jax", "tensorflow", "torch"),
 }
 MATMUL_SIZE = 2048
-MAIN_RECIPE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "recipes",
-    "tiny_scenes_cpu.py",
-)
+# The packaged recipe of the main job, by name.
+MAIN_RECIPE = "tiny_scenes_cpu"
 
 
 def workload_configs(name):
@@ -378,8 +375,11 @@ def recipe_consumption(variant, repeats, warmup):
 
 
 def worker_main(args):
-    # Before Keras: `keras_aimv2` sets JAX's XLA:CPU flags (xla_cpu.py).
-    import keras_aimv2  # noqa: F401
+    # Before JAX starts: its XLA:CPU tuning on a CPU host, as `aimv2
+    # pretrain` makes it (keras_aimv2/xla_cpu.py).
+    from keras_aimv2 import xla_cpu
+
+    xla_cpu.configure()
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.worker == "reference":

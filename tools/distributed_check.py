@@ -152,6 +152,10 @@ def _configure_devices(args):
         if args.threads:
             flags += " --xla_cpu_multi_thread_eigen=false"
         os.environ["XLA_FLAGS"] = flags.strip()
+        # And JAX's XLA:CPU tuning on a CPU host, as `aimv2 pretrain`.
+        from keras_aimv2 import xla_cpu
+
+        xla_cpu.configure()
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 import keras_aimv2
+from keras_aimv2 import xla_cpu
 
 # Standard deviation of a standard normal truncated at +-2: timm's
 # truncated `variance_scaling_` divides by it, so that the values keep the
@@ -300,6 +301,9 @@ def markdown(rows):
 
 
 def main(argv=None):
+    # Before JAX starts: its XLA:CPU tuning on a CPU host, as `aimv2
+    # pretrain` makes it (keras_aimv2/xla_cpu.py).
+    xla_cpu.configure()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--size",

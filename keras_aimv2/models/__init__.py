@@ -1,13 +1,7 @@
-"""AIMv2 models: the backbone and the pre-training task.
+"""AIMv2 models: the backbone, the pre-training and classification tasks.
 
-Importing this package registers Apple's released checkpoints as keras-hub
-presets of `AIMV2Backbone` (see `aimv2_presets`), loaded from local
-directories converted with `tools/convert_checkpoint.py`.
+Apple's released checkpoints are loaded by name through the `from_preset`
+of these classes, from local directories converted with `aimv2 convert`
+(see `aimv2_presets`). Importing this package registers nothing in
+keras-hub's preset tables.
 """
-
-from keras_hub.src.utils.preset_utils import register_presets
-
-from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
-from keras_aimv2.models.aimv2_presets import local_presets
-
-register_presets(local_presets(), AIMV2Backbone)

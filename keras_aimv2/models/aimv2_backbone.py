@@ -9,12 +9,14 @@ from keras_aimv2.api import register
 from keras_aimv2.layers.encoder import PrefixViTEncoder
 from keras_aimv2.layers.patch_embedding import PatchEmbedding
 from keras_aimv2.layers.patch_embedding import resample_position_embedding
+from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_presets import check_preset_files
 from keras_aimv2.models.aimv2_presets import check_weights_file
+from keras_aimv2.models.aimv2_presets import resolve_preset
 
 
 @register
-class AIMV2Backbone(Backbone):
+class AIMV2Backbone(NamedPresets, Backbone):
     """AIMv2 vision encoder: images in, patch features out.
 
     A plain ViT without class token (patch embedding with RMSNorm, pre-norm
@@ -186,7 +188,9 @@ class AIMV2Backbone(Backbone):
         (see `check_preset_files`).
 
         Args:
-            preset: str. A preset name or directory.
+            preset: str. A preset directory or handle, or the name of a
+                released checkpoint converted with `aimv2 convert`
+                (`keras_aimv2.models.aimv2_presets`).
             load_weights: bool. Whether to load the preset's weights.
                 Defaults to `True`.
             **kwargs: other keyword arguments passed to the backbone
@@ -199,6 +203,7 @@ class AIMV2Backbone(Backbone):
         ... )
         """
         image_shape = kwargs.pop("image_shape", None)
+        preset = resolve_preset(preset)
         check_preset_files(preset, load_weights)
         backbone = super().from_preset(preset, load_weights, **kwargs)
         if image_shape is None or tuple(image_shape) == backbone.image_shape:

@@ -3,18 +3,20 @@
 import keras
 from keras_hub.models import ImageClassifier
 from keras_hub.models import Task
-from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import check_config_class
-from keras_hub.src.utils.preset_utils import check_file_exists
-from keras_hub.src.utils.preset_utils import load_json
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import TASK_CONFIG_FILE
+from keras_aimv2.compat import check_config_class
+from keras_aimv2.compat import check_file_exists
+from keras_aimv2.compat import load_json
 from keras_aimv2.layer_decay import LayerDecayAdamW
 from keras_aimv2.layers.attention_pool import AttentionPool
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
     AIMV2ImageClassifierPreprocessor,
 )
+from keras_aimv2.models.aimv2_presets import NamedPresets
+from keras_aimv2.models.aimv2_presets import resolve_preset
 from keras_aimv2.optimization import NO_DECAY
 from keras_aimv2.validation import check_positive_int
 
@@ -24,7 +26,7 @@ HEAD_NO_DECAY = (*NO_DECAY, "query")
 
 
 @register
-class AIMV2ImageClassifier(ImageClassifier):
+class AIMV2ImageClassifier(NamedPresets, ImageClassifier):
     """Classifies images with an `AIMV2Backbone`: probe or fine-tune.
 
     The defaults build AIMv2's attentive probe ("Multimodal Autoregressive
@@ -264,7 +266,9 @@ class AIMV2ImageClassifier(ImageClassifier):
         another size with `backbone.with_image_shape` instead.
 
         Args:
-            preset: str. A preset name or directory.
+            preset: str. A preset directory or handle, or the name of a
+                released checkpoint converted with `aimv2 convert`
+                (`keras_aimv2.models.aimv2_presets`).
             load_weights: bool. Whether to load the preset's weights.
                 Defaults to `True`.
             **kwargs: other keyword arguments passed to the classifier
@@ -277,6 +281,7 @@ class AIMV2ImageClassifier(ImageClassifier):
         ... )
         """
         image_shape = kwargs.pop("image_shape", None)
+        preset = resolve_preset(preset)
         if image_shape is None:
             return super().from_preset(preset, load_weights, **kwargs)
         if check_file_exists(preset, TASK_CONFIG_FILE) and issubclass(

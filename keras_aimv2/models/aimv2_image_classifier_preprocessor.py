@@ -1,16 +1,20 @@
 """Preprocessing of images for `AIMV2ImageClassifier`."""
 
 from keras_hub.models import ImageClassifierPreprocessor
-from keras_hub.src.utils.preset_utils import IMAGE_CONVERTER_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import check_file_exists
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import IMAGE_CONVERTER_CONFIG_FILE
+from keras_aimv2.compat import PresetArguments
+from keras_aimv2.compat import check_file_exists
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_presets import NamedPresets
 
 
 @register
-class AIMV2ImageClassifierPreprocessor(ImageClassifierPreprocessor):
+class AIMV2ImageClassifierPreprocessor(
+    NamedPresets, PresetArguments, ImageClassifierPreprocessor
+):
     """Resizes and normalizes images for `AIMV2ImageClassifier`.
 
     Wraps an `AIMV2ImageConverter` (bicubic resize, then `x * scale +
@@ -40,11 +44,22 @@ class AIMV2ImageClassifierPreprocessor(ImageClassifierPreprocessor):
     image_converter_cls = AIMV2ImageConverter
 
     @classmethod
-    def _add_missing_kwargs(cls, loader, kwargs):
+    def preset_arguments(cls, preset, config, kwargs):
+        """The default image converter when `preset` holds none.
+
+        Args:
+            preset: str. The preset being loaded.
+            config: dict. Its backbone's serialized config.
+            kwargs: dict. The arguments so far.
+
+        Returns:
+            `kwargs`, with an `image_converter` at the backbone's image
+            size when it had none and the preset holds no converter.
+        """
         if "image_converter" not in kwargs and not check_file_exists(
-            loader.preset, IMAGE_CONVERTER_CONFIG_FILE
+            preset, IMAGE_CONVERTER_CONFIG_FILE
         ):
-            height, width = loader.config["config"]["image_shape"][:2]
+            height, width = config["config"]["image_shape"][:2]
             size = None if height is None or width is None else (height, width)
             kwargs["image_converter"] = cls.image_converter_cls(image_size=size)
-        return super()._add_missing_kwargs(loader, kwargs)
+        return kwargs

@@ -4,6 +4,7 @@ from keras_hub.layers import ImageConverter
 
 from keras_aimv2.api import register
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_presets import NamedPresets
 
 # The normalization of AIMv2's released pre-training code (apple/ml-l3m).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +54,7 @@ IMAGENET_SCALE, IMAGENET_OFFSET = normalization_scale_offset(
 
 
 @register
-class AIMV2ImageConverter(ImageConverter):
+class AIMV2ImageConverter(NamedPresets, ImageConverter):
     """Turns images in `[0, 255]` into `AIMV2Backbone` inputs.
 
     Resizes images to `image_size` (bicubic) and normalizes them with

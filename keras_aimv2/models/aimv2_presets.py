@@ -1,4 +1,4 @@
-"""Apple's released AIMv2 checkpoints, named as keras-hub presets.
+"""Apple's released AIMv2 checkpoints, named as presets of this package.
 
 No weights are shipped with this package. A preset becomes loadable once
 Apple's safetensors checkpoint has been converted into a local keras-hub
@@ -6,13 +6,17 @@ preset directory, `$KERAS_AIMV2_PRESETS/<name>` (by default
 `~/.keras_aimv2/presets/<name>`):
 
 ```
-python tools/convert_checkpoint.py /path/to/aimv2-large-patch14-224 \
+aimv2 convert /path/to/aimv2-large-patch14-224 \
     ~/.keras_aimv2/presets/aimv2_large_patch14_224 \
     --preset-name aimv2_large_patch14_224
 ```
 
 after which `AIMV2Backbone.from_preset("aimv2_large_patch14_224")` and
-`AIMV2ImageConverter.from_preset("aimv2_large_patch14_224")` load it.
+`AIMV2ImageConverter.from_preset("aimv2_large_patch14_224")` load it. The
+names are this package's own: the `from_preset` of its classes
+(`NamedPresets`) resolves them to their directories, and nothing is
+registered in keras-hub's preset tables; keras-hub's own classes
+(`keras_hub.models.Backbone.from_preset`) load the directory.
 
 The parameter counts are those of the backbone without any head, computed
 from the configuration; the ImageNet-1k top-1 accuracies are the frozen-trunk
@@ -25,17 +29,17 @@ import json
 import os
 
 import h5py
-from keras_hub.src.utils.preset_utils import CONFIG_FILE
-from keras_hub.src.utils.preset_utils import MODEL_WEIGHTS_FILE
-from keras_hub.src.utils.preset_utils import SHARDED_MODEL_WEIGHTS_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import TASK_WEIGHTS_FILE
 
+from keras_aimv2.compat import CONFIG_FILE
+from keras_aimv2.compat import MODEL_WEIGHTS_FILE
+from keras_aimv2.compat import SHARDED_MODEL_WEIGHTS_CONFIG_FILE
+from keras_aimv2.compat import TASK_CONFIG_FILE
+from keras_aimv2.compat import TASK_WEIGHTS_FILE
 from keras_aimv2.configs import swiglu_hidden_dim
 
 PRESETS_ENV_VARIABLE = "KERAS_AIMV2_PRESETS"
 DEFAULT_PRESETS_DIR = os.path.join("~", ".keras_aimv2", "presets")
-CONVERSION_SCRIPT = "tools/convert_checkpoint.py"
+CONVERSION_COMMAND = "aimv2 convert"
 
 # width, heads of every released size (24 blocks, patch 14, head width 128).
 _SIZES = {
@@ -171,7 +175,7 @@ def _all_presets():
     return {_name(p["metadata"]["source"]): p for p in presets}
 
 
-# Every released AIMv2 checkpoint: keras-hub name -> metadata and the
+# Every released AIMv2 checkpoint: preset name -> metadata and the
 # `AIMV2Backbone` configuration it converts to.
 backbone_presets = _all_presets()
 
@@ -209,13 +213,12 @@ def conversion_command(name, source="SOURCE"):
     Example:
 
     >>> print(conversion_command("aimv2_large_patch14_224"))  # doctest: +SKIP
-    python tools/convert_checkpoint.py SOURCE \
-        /root/.keras_aimv2/presets/aimv2_large_patch14_224 \
+    aimv2 convert SOURCE /root/.keras_aimv2/presets/aimv2_large_patch14_224 \
         --preset-name aimv2_large_patch14_224
     """
     _check_name(name)
     target = os.path.join(presets_root(), name)
-    return f"python {CONVERSION_SCRIPT} {source} {target} --preset-name {name}"
+    return f"{CONVERSION_COMMAND} {source} {target} --preset-name {name}"
 
 
 def _check_name(name):
@@ -262,9 +265,7 @@ def preset_directory(name):
             f"    {conversion_command(name)}\n"
             "where SOURCE is a local copy of "
             f"{backbone_presets[name]['metadata']['source']} (its "
-            "model.safetensors, or the directory holding it). Run it from "
-            "the keras-aimv2 checkout, or use `python -m "
-            "keras_aimv2.conversion` with the same arguments."
+            "model.safetensors, or the directory holding it)."
         )
     check_preset_files(directory)
     return directory
@@ -285,7 +286,7 @@ def check_preset_files(preset, load_weights=True, task=False):
     (`model.weights.h5`, or the sharded `model.weights.json` and its
     shards) missing or not complete HDF5 files, and with `task=True` the
     same of `task.json` and `task.weights.h5`. A preset that is not a
-    local directory (a registered name, a `kaggle://` or `hf://` handle)
+    local directory (a `kaggle://` or `hf://` handle, a name of keras-hub)
     is left to keras-hub.
 
     Args:
@@ -369,30 +370,66 @@ def _check_json_file(path):
         ) from None
 
 
-class LocalPreset(dict):
-    """A preset entry whose `"kaggle_handle"` is its local directory.
+def resolve_preset(preset):
+    """The preset keras-hub is to load for `preset`.
 
-    keras-hub resolves a registered preset name through
-    `entry["kaggle_handle"]`; this entry computes that handle on every
-    lookup as `preset_directory(name)`, so the location follows
-    `$KERAS_AIMV2_PRESETS` and a missing directory raises an error naming
-    the conversion command.
+    A name of `backbone_presets` becomes its converted directory
+    (`preset_directory`, which checks it); anything else (a directory, a
+    `kaggle://` or `hf://` handle, a name of keras-hub's own presets) is
+    returned unchanged, for keras-hub to resolve.
 
     Args:
-        name: str. The preset name.
-        entry: dict. Its `metadata` and `config`.
+        preset: str. A preset name, directory or handle.
+
+    Returns:
+        The preset (str).
+
+    Raises:
+        PresetNotConvertedError: when `preset` names a released checkpoint
+            that has not been converted.
+        BrokenPresetError: when its directory has a missing or broken file.
+
+    Example:
+
+    >>> resolve_preset("aimv2_large_patch14_224")  # doctest: +SKIP
+    '/root/.keras_aimv2/presets/aimv2_large_patch14_224'
+    >>> resolve_preset("runs/tiny/preset/backbone")
+    'runs/tiny/preset/backbone'
+    """
+    if isinstance(preset, str) and preset in backbone_presets:
+        return preset_directory(preset)
+    return preset
+
+
+class _ClassProperty:
+    """A read-only property of a class (`cls.presets`)."""
+
+    def __init__(self, getter):
+        self.getter = getter
+        self.__doc__ = getter.__doc__
+
+    def __get__(self, instance, owner):
+        return self.getter(owner)
+
+
+class NamedPresets:
+    """Mixin of a keras-hub class: load Apple's checkpoints by name.
+
+    `from_preset` takes the names of `backbone_presets` besides what
+    keras-hub's takes: a name is resolved to its converted directory
+    (`resolve_preset`) before keras-hub loads it; anything else keeps
+    keras-hub's behaviour. `presets` lists the names, with their metadata
+    and configuration.
     """
 
-    def __init__(self, name, entry):
-        super().__init__(entry)
-        self.name = name
+    @_ClassProperty
+    def presets(cls):
+        """Apple's released checkpoints: name -> metadata and config."""
+        return {name: dict(entry) for name, entry in backbone_presets.items()}
 
-    def __missing__(self, key):
-        if key == "kaggle_handle":
-            return preset_directory(self.name)
-        raise KeyError(key)
-
-
-def local_presets():
-    """`backbone_presets` as `LocalPreset` entries, for `register_presets`."""
-    return {name: LocalPreset(name, e) for name, e in backbone_presets.items()}
+    @classmethod
+    def from_preset(cls, preset, *args, **kwargs):
+        """As keras-hub's `from_preset`; `preset` may also name a released
+        AIMv2 checkpoint converted with `aimv2 convert` (see
+        `keras_aimv2.models.aimv2_presets`)."""
+        return super().from_preset(resolve_preset(preset), *args, **kwargs)

@@ -7,13 +7,16 @@ from keras_hub.models import Task
 from keras_aimv2 import distribution
 from keras_aimv2 import objective
 from keras_aimv2.api import register
+from keras_aimv2.compat import FirstReplicaSymbolicBuild
 from keras_aimv2.compat import variables_kept_on_failure
 from keras_aimv2.layers.decoder import MultimodalCausalDecoder
 from keras_aimv2.layers.heads import PixelHead
 from keras_aimv2.layers.heads import TextHead
 from keras_aimv2.layers.prefix import PrefixSampler
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_presets import check_preset_files
+from keras_aimv2.models.aimv2_presets import resolve_preset
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
     AIMV2PretrainerPreprocessor,
 )
@@ -23,7 +26,7 @@ INPUT_KEYS = ("images", "token_ids", "padding_mask")
 
 
 @register
-class AIMV2Pretrainer(Task):
+class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
     """Pre-trains an `AIMV2Backbone` with AIMv2's multimodal objective.
 
     The encoder reads the image under prefix attention with a prefix length
@@ -172,7 +175,9 @@ class AIMV2Pretrainer(Task):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """As `keras_hub.models.Task.from_preset`; a missing or broken file
         of a preset directory raises a `BrokenPresetError` naming it
-        (`check_preset_files`)."""
+        (`check_preset_files`). Names of released checkpoints resolve as
+        in `keras_aimv2.models.aimv2_presets.resolve_preset`."""
+        preset = resolve_preset(preset)
         check_preset_files(preset, load_weights, task=True)
         return super().from_preset(preset, load_weights, **kwargs)
 
@@ -333,25 +338,6 @@ class AIMV2Pretrainer(Task):
             )
         return result
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under tf.distribute, Keras 3.15 builds the model on the replicas'
-        # mean of a first batch, reduced as one nested value: bools have no
-        # mean and MultiWorkerMirroredStrategy reduces no nested values. The
-        # first replica's own batch describes the inputs as well.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is not None and strategy is not None:
-            for _, _, batches in iterator:
-                batch = next(batches)
-                break
-            data_batch = keras.tree.map_structure(
-                lambda value: strategy.experimental_local_results(value)[0],
-                batch,
-            )
-            iterator = None
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch
-        )
-
     def train_step(self, *args, **kwargs):
         ddp = distribution.torch_ddp(self)
         if ddp is None:
@@ -369,11 +355,13 @@ class AIMV2Pretrainer(Task):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = ddp(x, training=True)
         self.zero_grad()
-        loss = self._compute_loss(
+        loss = self.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
         )
         share = loss.detach() / distribution.replica()[1]
-        self._loss_tracker.update_state(
+        # Keras's own "loss" tracker, the first of `metrics` once compiled.
+        loss_tracker = next(m for m in self.metrics if m.name == "loss")
+        loss_tracker.update_state(
             distribution.tracked(share), sample_weight=len(x["images"])
         )
         loss = self.optimizer.scale_loss(loss)

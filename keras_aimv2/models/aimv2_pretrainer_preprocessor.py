@@ -7,13 +7,14 @@ from keras_hub.models import Preprocessor
 from keras_aimv2.api import register
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 
 INPUT_KEYS = ("images", "captions")
 
 
 @register
-class AIMV2PretrainerPreprocessor(Preprocessor):
+class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
     """Turns images and captions into `AIMV2Pretrainer` inputs.
 
     Images go through the image converter (resizing and mean/std

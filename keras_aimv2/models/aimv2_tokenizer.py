@@ -1,14 +1,17 @@
 """The AIMv2 caption tokenizer: SigLIP-style SentencePiece on clean text."""
 
+import sentencepiece
 from keras_hub.tokenizers import SentencePieceTokenizer
 
 from keras_aimv2.api import register
 from keras_aimv2.captions import normalize_captions
+from keras_aimv2.compat import SpecialTokens
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
+from keras_aimv2.models.aimv2_presets import NamedPresets
 
 
 @register
-class AIMV2Tokenizer(SentencePieceTokenizer):
+class AIMV2Tokenizer(NamedPresets, SpecialTokens, SentencePieceTokenizer):
     """SentencePiece tokenizer of AIMv2 captions.
 
     AIMv2 tokenizes captions with SigLIP's SentencePiece model (32000
@@ -93,13 +96,21 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
         self.remove_punctuation = bool(remove_punctuation)
         self._requested_end_token = end_token
         self._requested_pad_token = pad_token
-        self._add_special_token(end_token, "end_token")
-        self._add_special_token(pad_token, "pad_token")
+        self.declare_special_token(end_token, "end_token")
+        self.declare_special_token(pad_token, "pad_token")
         super().__init__(proto=proto, **kwargs)
 
-    def _update_special_token_ids(self):
-        # Runs each time a proto is set: resolve the pieces it declares.
-        processor = self._sentence_piece_spm
+    def resolve_special_tokens(self):
+        """Resolve the end and pad pieces the new proto declares.
+
+        Runs each time a proto is set (`SpecialTokens`), before keras-hub
+        looks the pieces' ids up in its vocabulary.
+
+        Raises:
+            ValueError: when no end token was given and the proto declares
+                no end-of-sequence piece.
+        """
+        processor = sentencepiece.SentencePieceProcessor(model_proto=self.proto)
         end_token = self._requested_end_token
         if end_token is None:
             end_id = processor.eos_id()
@@ -117,7 +128,6 @@ class AIMV2Tokenizer(SentencePieceTokenizer):
             pad_token = pad_token or end_token
         self.end_token = end_token
         self.pad_token = pad_token
-        super()._update_special_token_ids()
 
     def tokenize(self, inputs):
         if self.normalize:
