@@ -261,3 +261,41 @@ def test_read_manifest_rejects_other_files(tmp_path):
     )
     with pytest.raises(ValueError, match="version '9'"):
         shards.read_manifest(tmp_path)
+
+
+def test_progress_is_reported_on_stderr(tmp_path, capsys, monkeypatch):
+    from keras_aimv2 import outputs
+
+    monkeypatch.setattr(outputs, "PROGRESS_SECONDS", 0.0)
+    examples = _examples(3) + [("blank", _examples(1)[0][1], " ")]
+    shards.write_shards(examples, tmp_path)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 4
+    assert lines[-1].startswith(
+        "[write_shards] 4 examples: written 3, skipped 1; "
+    )
+    assert captured.out.startswith("wrote 3 examples in 1 shard; skipped 1")
+    shards.write_shards(_examples(2), tmp_path / "quiet", verbose=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_failed_manifest_write_leaves_no_manifest(tmp_path, monkeypatch):
+    from keras_aimv2 import outputs
+
+    def failing_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs.json, "dump", failing_dump)
+        with pytest.raises(OSError, match="disk full"):
+            shards.write_shards(_examples(2), tmp_path, verbose=False)
+    # No manifest, complete or torn, and no temporary file of it.
+    assert not [n for n in os.listdir(tmp_path) if "manifest" in n]
+    with pytest.raises(ValueError, match="not a dataset directory"):
+        shards.read_manifest(tmp_path)
+    # The next write replaces what was left.
+    shards.write_shards(_examples(2), tmp_path, overwrite=True, verbose=False)
+    assert len(_read_all(tmp_path)) == 2
+    with open(tmp_path / "manifest.json") as file:
+        assert json.load(file)["num_examples"] == 2

@@ -30,8 +30,8 @@ line in the file). `read_shards` reads the records back as a
 
 Writes are atomic: shards and the list of skipped examples are written
 under temporary names and renamed when every example has been written, and
-the manifest is written last. A directory with a `manifest.json` is
-therefore always a complete dataset.
+the manifest is written last (`keras_aimv2.outputs.write_json_atomically`).
+A directory with a `manifest.json` is therefore always a complete dataset.
 """
 
 import datetime
@@ -39,13 +39,13 @@ import io
 import json
 import os
 import secrets
-import sys
-import time
 
 import tensorflow as tf
 from PIL import Image
 
 from keras_aimv2.data.sources import SkippedExample
+from keras_aimv2.outputs import Progress
+from keras_aimv2.outputs import write_json_atomically
 
 FORMAT = "keras_aimv2.shards"
 VERSION = 1
@@ -57,7 +57,6 @@ FEATURES = ("image", "caption", "key")
 # as "MPO"; their bytes are a valid JPEG whose first picture decoders read.
 _KEPT_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG"}
 _TEMPORARY_MARK = ".partial-"
-_PROGRESS_SECONDS = 10.0
 _REBUILD_ADVICE = (
     "Rebuild the split (`aimv2 build-dataset ... --overwrite`) or restore "
     "the file from a copy."
@@ -170,7 +169,14 @@ def write_shards(
             timespec="seconds"
         ),
     }
-    _write_json_atomically(os.path.join(output_dir, MANIFEST_NAME), manifest)
+    write_json_atomically(
+        os.path.join(output_dir, MANIFEST_NAME),
+        manifest,
+        # Named as the dataset's other temporary files, which a later
+        # write removes if this one is interrupted.
+        temporary=f"{MANIFEST_NAME}{_TEMPORARY_MARK}{secrets.token_hex(4)}",
+        allow_nan=True,
+    )
     if verbose:
         print(summary_line(manifest))
     return manifest
@@ -179,7 +185,7 @@ def write_shards(
 def _write_examples(examples, writer, verbose):
     """Write the valid examples and list the skipped ones; count image
     formats."""
-    progress = _Progress(verbose)
+    progress = Progress("write_shards", "examples", enabled=verbose)
     image_formats = {}
     for example in examples:
         record, image_format, skipped = _validate(example)
@@ -188,7 +194,11 @@ def _write_examples(examples, writer, verbose):
             image_formats[image_format] = image_formats.get(image_format, 0) + 1
         else:
             writer.skip(skipped)
-        progress.update(writer.num_examples, writer.num_skipped)
+        progress.update(
+            writer.num_examples + writer.num_skipped,
+            written=writer.num_examples,
+            skipped=writer.num_skipped,
+        )
     writer.close()
     return image_formats
 
@@ -634,14 +644,6 @@ def _remove_dataset_files(directory, keep_token):
             os.remove(os.path.join(directory, name))
 
 
-def _write_json_atomically(path, value):
-    temporary = f"{path}{_TEMPORARY_MARK}{secrets.token_hex(4)}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
-
-
 def _check_format(path, manifest):
     found = manifest.get("format") if isinstance(manifest, dict) else None
     name, _, version = str(found).partition("/")
@@ -699,25 +701,3 @@ def _check_shard_entries(path, manifest):
 
 def _format_counts(counts):
     return ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
-
-
-class _Progress:
-    """Prints the number of examples done to stderr every few seconds."""
-
-    def __init__(self, enabled):
-        self.enabled = enabled
-        self.start = time.monotonic()
-        self.last = self.start
-
-    def update(self, written, skipped):
-        now = time.monotonic()
-        if not self.enabled or now - self.last < _PROGRESS_SECONDS:
-            return
-        self.last = now
-        rate = (written + skipped) / (now - self.start)
-        print(
-            f"{written} examples written, {skipped} skipped "
-            f"({rate:.0f} examples/s)",
-            file=sys.stderr,
-            flush=True,
-        )

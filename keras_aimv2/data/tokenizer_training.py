@@ -20,6 +20,8 @@ import os
 import sys
 
 from keras_aimv2.captions import normalize_caption
+from keras_aimv2.outputs import Progress
+from keras_aimv2.outputs import atomic_path
 from keras_aimv2.validation import check_positive_int
 
 MODEL_TYPES = ("unigram", "bpe")
@@ -90,6 +92,7 @@ def train_sentencepiece(
     unk_id=2,
     bos_id=-1,
     num_threads=None,
+    verbose=True,
 ):
     """Train a SentencePiece model on captions and write it to a file.
 
@@ -98,7 +101,8 @@ def train_sentencepiece(
     the `sentencepiece` trainer, which keeps at most a few million of them
     in memory. The special pieces are `<pad>`, `</s>` and
     `<unk>` at the given ids; a negative id leaves that piece out. Training
-    is deterministic for a given input with `num_threads=1`.
+    is deterministic for a given input with `num_threads=1`. The model file
+    is written atomically: an interrupted run leaves no partial model.
 
     Args:
         captions: iterable of str or bytes, or a path. The captions, or a
@@ -124,6 +128,9 @@ def train_sentencepiece(
         bos_id: int. Id of `<s>`; `-1` leaves it out. Defaults to `-1`.
         num_threads: int or `None`. Trainer threads. Defaults to `None`
             (the number of CPUs).
+        verbose: bool. Whether to report the captions read, every few
+            seconds, on stderr (`keras_aimv2.outputs.Progress`). Defaults
+            to `True`.
 
     Returns:
         str. The path of the written `.model` file.
@@ -176,8 +183,9 @@ def train_sentencepiece(
         path += ".model"
     if isinstance(captions, (str, os.PathLike)):
         captions = iter_captions(captions)
+    progress = Progress("train_tokenizer", "captions", enabled=verbose)
     sentences = _training_sentences(
-        captions, normalize, remove_punctuation, max_captions
+        captions, normalize, remove_punctuation, max_captions, progress
     )
 
     model = io.BytesIO()
@@ -210,14 +218,18 @@ def train_sentencepiece(
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    with open(path, "wb") as file:
-        file.write(model.getvalue())
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as file:
+            file.write(model.getvalue())
     return path
 
 
-def _training_sentences(captions, normalize, remove_punctuation, limit):
+def _training_sentences(
+    captions, normalize, remove_punctuation, limit, progress
+):
     count = 0
-    for caption in itertools.islice(captions, limit):
+    for read, caption in enumerate(itertools.islice(captions, limit), 1):
+        progress.update(read, used=count)
         if isinstance(caption, bytes):
             caption = caption.decode("utf-8")
         if not isinstance(caption, str):
