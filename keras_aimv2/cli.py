@@ -180,18 +180,16 @@ def _run_recipe(command, run, args):
         overrides.append(f"distribution.mesh_shape=({args.mesh_shape})")
     try:
         recipe = load_recipe(args.recipe)
-        if command == "pretrain":
-            from keras_aimv2.distribution import check_strategy
-            from keras_aimv2.recipes import with_pretraining_defaults
-
-            # Defaults first, so that `--set` reaches entries a recipe
-            # written before them lacks.
-            recipe = apply_overrides(
-                with_pretraining_defaults(recipe), overrides
+        if recipe.KIND != command:
+            raise ValueError(
+                f"{args.recipe!r} is a {recipe.KIND} recipe: run it with "
+                f"`aimv2 {recipe.KIND} {args.recipe}`."
             )
-            check_strategy(**recipe["distribution"])
-        else:
-            recipe = apply_overrides(recipe, overrides)
+        # Typed, the recipe holds every entry (those a recipe written
+        # before them lacks at their defaults): `--set` reaches them all.
+        recipe = apply_overrides(recipe, overrides)
+        recipe.check_runnable()
+        recipe.output_directory(args.output_dir)
     except ValueError as error:
         print(f"aimv2 {command}: {error}", file=sys.stderr)
         return 2

@@ -10,8 +10,9 @@ directory belongs to one run at a time and to one recipe:
   rerun whose recipe changed any of them is refused, listing the
   differences and the two ways out (`RecipeMismatchError`).
 - `TrainingState`: the resumable state (weights and optimizer), written
-  only from finite weights, to a temporary file renamed into place, so
-  that a kill at any moment leaves the previous or the new state whole.
+  only from finite weights, atomically (`keras_aimv2.outputs.atomic_path`:
+  a temporary file renamed into place), so that a kill at any moment
+  leaves the previous or the new state whole.
 - `StopRequests` and `RunGuard`: SIGINT or SIGTERM asks the run to stop
   after the current step (a second one stops at once); a non-finite loss
   or weight stops it with a `DivergenceError`; the planned step ends it.
@@ -30,11 +31,14 @@ import time
 
 import keras
 
+from keras_aimv2.outputs import WRITING_PREFIX
+from keras_aimv2.outputs import atomic_path
+from keras_aimv2.outputs import write_json_atomically
+
 LOCK_NAME = ".lock"
 ORIGIN_NAME = "origin.json"
 STATE_NAME = "state.json"
 STATE_PREFIX = "state-"
-WRITING_PREFIX = ".writing-"
 # Before Keras 3's BackupAndRestore was replaced by `TrainingState`.
 LEGACY_WEIGHTS = "latest.weights.h5"
 
@@ -188,19 +192,26 @@ def _remove(path):
 def recipe_entries(recipe, sections, keys=None):
     """Entries `section.key` of `recipe`, JSON-normalized, for an origin.
 
+    Every entry of a typed section is listed, those its recipe file left to
+    their defaults included. Origins recorded before recipes were typed
+    list only the entries the file gave; `check_origin` reads an entry
+    absent from a record as `None`, the default of every entry added
+    since, so that such records still match.
+
     Args:
-        recipe: dict. The recipe.
+        recipe: `keras_aimv2.recipes.Recipe`. The recipe.
         sections: iterable of str. Sections taken whole.
         keys: iterable of str or `None`. Further single entries, as
             `"section.key"`. Defaults to `None`.
     """
+    values = recipe.to_dict()
     entries = {}
     for section in sections:
-        for key, value in (recipe.get(section) or {}).items():
+        for key, value in values[section].items():
             entries[f"{section}.{key}"] = value
     for dotted in keys or ():
         section, key = dotted.split(".", 1)
-        entries[dotted] = (recipe.get(section) or {}).get(key)
+        entries[dotted] = values[section][key]
     return json.loads(json.dumps(entries, default=str))
 
 
@@ -254,19 +265,6 @@ def check_origin(artefact, entries, what, rebuild_entry):
         f"--set {rebuild_entry}=True to rebuild what these entries change "
         "(and start training again where the model or its data change)."
     )
-
-
-def write_json_atomically(path, value):
-    """Write JSON to `path` through a temporary file renamed into place."""
-    temporary = os.path.join(
-        os.path.dirname(path) or ".",
-        f"{WRITING_PREFIX}{os.path.basename(path)}",
-    )
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2, allow_nan=False)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def _read_json(path, what):
@@ -374,10 +372,8 @@ class TrainingState:
         check_finite(model, when)
         os.makedirs(self.directory, exist_ok=True)
         name = f"{STATE_PREFIX}{batches:09d}.weights.h5"
-        temporary = os.path.join(self.directory, f"{WRITING_PREFIX}{name}")
-        model.save_weights(temporary, overwrite=True)
-        _fsync(temporary)
-        os.replace(temporary, os.path.join(self.directory, name))
+        with atomic_path(os.path.join(self.directory, name)) as temporary:
+            model.save_weights(temporary, overwrite=True)
         record_origin(self.directory, self.origin)
         write_json_atomically(
             self.pointer, {"weights": name, "batches": batches}
@@ -395,11 +391,6 @@ class TrainingState:
             )
             if name.startswith(WRITING_PREFIX) or old_state:
                 _remove(os.path.join(self.directory, name))
-
-
-def _fsync(path):
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
 
 
 # === Stopping ===

@@ -2,11 +2,12 @@
 
 The steps, each resumable: build the recipe's data shards if it names a
 built-in source, train a SentencePiece tokenizer on the training captions
-unless one is given, build the model, train with `fit` (progress bar, CSV
-and TensorBoard logs, the training state saved every epoch, resumption
+unless one is given, build the model, train with `fit` (progress lines,
+CSV and TensorBoard logs, the training state saved every epoch, resumption
 after an interruption), save the backbone and the pre-training task as
 keras-hub presets, evaluate on the held-out split against the same model
-untrained, and draw the pictures.
+untrained, and draw the pictures. The recipe it ran and the results are
+recorded in `recipe.json` and `metrics.json` (`keras_aimv2.outputs`).
 
 A run is a transaction on its output directory (`keras_aimv2.run_directory`):
 it holds the directory's lock, refuses data, a tokenizer or a training
@@ -15,11 +16,13 @@ weights and atomically, stops on a non-finite loss, and on SIGINT or
 SIGTERM saves its state and stops.
 """
 
+import inspect
 import json
 import math
 import os
 import shutil
 import time
+import types
 
 import keras
 
@@ -45,9 +48,11 @@ from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
 )
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 from keras_aimv2.optimization import aimv2_adamw
-from keras_aimv2.recipes import backbone_arguments
-from keras_aimv2.recipes import check_recipe
-from keras_aimv2.recipes import with_pretraining_defaults
+from keras_aimv2.outputs import FitProgress
+from keras_aimv2.outputs import RunOutput
+from keras_aimv2.outputs import log as log_line
+from keras_aimv2.recipes import PretrainingRecipe
+from keras_aimv2.recipes import typed_recipe
 from keras_aimv2.run_directory import RecipeMismatchError
 from keras_aimv2.run_directory import RunError
 from keras_aimv2.run_directory import RunGuard
@@ -82,7 +87,8 @@ TOKENIZER_ENTRIES = (
 
 
 def log(message):
-    print(f"[pretrain] {message}", flush=True)
+    """A log line of `aimv2 pretrain` (`keras_aimv2.outputs.log`)."""
+    log_line("pretrain", message)
 
 
 def prepare_data(data, output_dir):
@@ -91,12 +97,16 @@ def prepare_data(data, output_dir):
     A recipe either names directories (`train_dir`, `eval_dir`) or a
     built-in `source` (`"scenes"` or `"fashion-mnist"`), whose shards are
     written under `output_dir/data` once and reused afterwards.
+
+    Args:
+        data: `keras_aimv2.recipes.PretrainingData`. The recipe's `data`.
+        output_dir: str. The run's (work) directory.
     """
-    if data.get("train_dir"):
-        return data["train_dir"], data.get("eval_dir")
+    if data.train_dir:
+        return data.train_dir, data.eval_dir
     splits = {
-        "train": (data["train_examples"], data["seed"]),
-        "eval": (data["eval_examples"], data["seed"] + 1),
+        "train": (data.train_examples, data.seed),
+        "eval": (data.eval_examples, data.seed + 1),
     }
     directories = []
     for split, (count, seed) in splits.items():
@@ -104,12 +114,12 @@ def prepare_data(data, output_dir):
         directories.append(directory)
         if os.path.isfile(os.path.join(directory, "manifest.json")):
             continue
-        log(f"building {count} {data['source']} examples in {directory}")
+        log(f"building {count or 'all'} {data.source} examples in {directory}")
         write_shards(
             _source_examples(data, split, count, seed),
             directory,
             split=split,
-            source=data["source"],
+            source=data.source,
             overwrite=True,
             metadata={"seed": seed},
         )
@@ -117,33 +127,38 @@ def prepare_data(data, output_dir):
 
 
 def _source_examples(data, split, count, seed):
-    if data["source"] == "scenes":
+    if data.source == "scenes":
         from keras_aimv2.data.scenes import scenes_source
 
-        return scenes_source(count, seed, image_size=data["source_size"])
-    if data["source"] == "fashion-mnist":
-        from keras_aimv2.data.fashion_mnist import fashion_mnist_source
+        size = (
+            {} if data.source_size is None else {"image_size": data.source_size}
+        )
+        return scenes_source(count, seed, **size)
+    # `PretrainingData` admits no other source.
+    from keras_aimv2.data.fashion_mnist import fashion_mnist_source
 
-        source_split = "train" if split == "train" else "test"
-        return fashion_mnist_source(source_split, seed=seed, limit=count)
-    raise ValueError(
-        "`data.source` must be 'scenes' or 'fashion-mnist', or give "
-        f"`data.train_dir`. Received: source={data['source']!r}"
-    )
+    source_split = "train" if split == "train" else "test"
+    return fashion_mnist_source(source_split, seed=seed, limit=count)
 
 
 def prepare_tokenizer(settings, train_dir, output_dir):
-    """Path of the SentencePiece model: given, or trained on the captions."""
-    if settings.get("model"):
-        return settings["model"]
+    """Path of the SentencePiece model: given, or trained on the captions.
+
+    Args:
+        settings: `keras_aimv2.recipes.TokenizerSection`.
+        train_dir: str. The training shards, whose captions train it.
+        output_dir: str. The run's (work) directory.
+    """
+    if settings.model:
+        return settings.model
     path = os.path.join(output_dir, "tokenizer.model")
     if not os.path.isfile(path):
-        log(f"training a {settings['vocabulary_size']}-token tokenizer")
+        log(f"training a {settings.vocabulary_size}-token tokenizer")
         train_sentencepiece(
             iter_captions(train_dir, split="train"),
             path,
-            vocabulary_size=settings["vocabulary_size"],
-            remove_punctuation=settings["remove_punctuation"],
+            vocabulary_size=settings.vocabulary_size,
+            remove_punctuation=settings.remove_punctuation,
         )
     return path
 
@@ -153,21 +168,19 @@ def check_schema(data, train_dir, eval_dir, tokenizer_path, output_dir):
 
     Data that do not match stop the run, unless `data.allow_anomalies`.
     """
-    if not data.get("schema"):
+    if not data.schema:
         return
     for split, directory in (("train", train_dir), ("eval", eval_dir)):
         if not directory:
             continue
         report_dir = os.path.join(output_dir, "validation", split)
-        log(f"validating {directory} against {data['schema']}")
+        log(f"validating {directory} against {data.schema}")
         try:
-            validate_shards(
-                directory, data["schema"], report_dir, tokenizer_path
-            )
+            validate_shards(directory, data.schema, report_dir, tokenizer_path)
         except DataValidationError as error:
-            if not data.get("allow_anomalies"):
+            if not data.allow_anomalies:
                 raise DataValidationError(
-                    f"{directory} does not match {data['schema']}; see "
+                    f"{directory} does not match {data.schema}; see "
                     f"{report_dir}/report.txt, or set "
                     f"data.allow_anomalies=True to train anyway.\n{error}"
                 ) from None
@@ -178,47 +191,60 @@ def build_pretrainer(recipe, tokenizer_path, distributed=None):
     """The backbone, preprocessor and pre-training task of a recipe.
 
     Build it inside `distributed.scope()` when the run is distributed.
+
+    Args:
+        recipe: `keras_aimv2.recipes.PretrainingRecipe`.
+        tokenizer_path: str. The SentencePiece model.
+        distributed: `keras_aimv2.distribution.Distributed` or `None`.
     """
-    training = recipe["training"]
-    keras.utils.set_random_seed(training["seed"])
+    training, decoder = recipe.training, recipe.decoder
+    keras.utils.set_random_seed(training.seed)
     tokenizer = AIMV2Tokenizer(
         proto=tokenizer_path,
-        pad_token=recipe["tokenizer"]["pad_token"],
-        remove_punctuation=recipe["tokenizer"]["remove_punctuation"],
+        pad_token=recipe.tokenizer.pad_token,
+        remove_punctuation=recipe.tokenizer.remove_punctuation,
     )
-    arguments = backbone_arguments(recipe["backbone"])
+    arguments = recipe.backbone.arguments()
     if distributed is not None and distributed.mesh_shape:
         distribution.check_shardable(
             {
-                "hidden_dim": arguments["hidden_dim"],
-                "intermediate_dim": arguments["intermediate_dim"],
-                "decoder_hidden_dim": recipe["decoder"]["decoder_hidden_dim"],
-                "decoder_intermediate_dim": recipe["decoder"][
-                    "decoder_intermediate_dim"
-                ],
+                "hidden_dim": _backbone_argument(arguments, "hidden_dim"),
+                "intermediate_dim": _backbone_argument(
+                    arguments, "intermediate_dim"
+                ),
+                "decoder_hidden_dim": decoder.decoder_hidden_dim,
+                "decoder_intermediate_dim": decoder.decoder_intermediate_dim,
             },
             distributed.mesh_shape[1],
         )
-    backbone = AIMV2Backbone(**arguments, dtype=training["dtype_policy"])
+    backbone = AIMV2Backbone(**arguments, dtype=training.dtype_policy)
     height, width, _ = backbone.image_shape
     preprocessor = AIMV2PretrainerPreprocessor(
         tokenizer=tokenizer,
         image_converter=AIMV2ImageConverter(image_size=(height, width)),
-        context_length=recipe["decoder"]["context_length"],
+        context_length=decoder.context_length,
     )
     pretrainer = AIMV2Pretrainer(
         backbone,
-        **{**recipe["decoder"], "vocabulary_size": tokenizer.vocabulary_size()},
-        pixel_loss_weight=training["pixel_loss_weight"],
-        seed=training["seed"],
-        remat=training["remat"],
+        **decoder.to_dict(),
+        vocabulary_size=tokenizer.vocabulary_size(),
+        pixel_loss_weight=training.pixel_loss_weight,
+        seed=training.seed,
+        remat=training.remat,
         preprocessor=preprocessor,
     )
-    initial = (recipe.get("initialize") or {}).get("preset")
+    initial = recipe.initialize.preset
     if initial:
         log(f"initializing from {initial}")
         initialize_from_preset(pretrainer, initial)
     return pretrainer
+
+
+def _backbone_argument(arguments, name):
+    """An `AIMV2Backbone` argument: the recipe's, else the default."""
+    if name in arguments:
+        return arguments[name]
+    return inspect.signature(AIMV2Backbone).parameters[name].default
 
 
 def initialize_from_preset(pretrainer, preset):
@@ -254,20 +280,34 @@ def initialize_from_preset(pretrainer, preset):
     )
 
 
+def _schedule_entries(training):
+    """A `training` section, or a dict of (some of) its entries, read by
+    attribute."""
+    if isinstance(training, dict):
+        return types.SimpleNamespace(**training)
+    return training
+
+
 def learning_rate_schedule(training):
     """Linear warm-up from 1e-6 to the peak, then cosine to the final rate.
 
     Steps count optimizer updates (`aimv2_adamw` reads the schedule per
     update under gradient accumulation).
+
+    Args:
+        training: `keras_aimv2.recipes.PretrainingTraining`, or a dict with
+            its `steps`, `warmup_steps`, `peak_learning_rate` and
+            `final_learning_rate`.
     """
-    peak = training["peak_learning_rate"]
-    warmup = min(training["warmup_steps"], training["steps"] - 1)
+    training = _schedule_entries(training)
+    peak = training.peak_learning_rate
+    warmup = min(training.warmup_steps, training.steps - 1)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=1e-6,
         warmup_target=peak,
         warmup_steps=warmup,
-        decay_steps=max(training["steps"] - warmup, 1),
-        alpha=training["final_learning_rate"] / peak,
+        decay_steps=max(training.steps - warmup, 1),
+        alpha=training.final_learning_rate / peak,
     )
 
 
@@ -278,34 +318,38 @@ def compile_pretrainer(pretrainer, training):
     gradients of `N` consecutive batches: the effective batch is `N *
     batch_size`. `clipnorm` bounds the global norm of each update's
     gradient, all weights together.
+
+    Args:
+        pretrainer: `AIMV2Pretrainer`.
+        training: `keras_aimv2.recipes.PretrainingTraining`, or a dict with
+            the entries of `learning_rate_schedule`, `weight_decay`,
+            `clipnorm` and `gradient_accumulation_steps`.
     """
-    accumulation = training["gradient_accumulation_steps"]
+    schedule = learning_rate_schedule(training)
+    training = _schedule_entries(training)
+    accumulation = training.gradient_accumulation_steps
     check_positive_int("training.gradient_accumulation_steps", accumulation)
     pretrainer.compile(
         optimizer=aimv2_adamw(
-            learning_rate=learning_rate_schedule(training),
-            peak_learning_rate=training["peak_learning_rate"],
-            weight_decay=training["weight_decay"],
-            clipnorm=training["clipnorm"],
+            learning_rate=schedule,
+            peak_learning_rate=training.peak_learning_rate,
+            weight_decay=training.weight_decay,
+            clipnorm=training.clipnorm,
             gradient_accumulation_steps=accumulation,
         )
     )
 
 
-def _datasets(recipe, train_dir, eval_dir):
-    data, training = recipe["data"], recipe["training"]
-    size = backbone_arguments(recipe["backbone"])["image_shape"][:2]
-    augmentation = {
-        "crop_scale": tuple(data["crop_scale"]),
-        "flip_probability": data["flip_probability"],
-    }
+def _datasets(recipe, image_size, train_dir, eval_dir):
+    data, training = recipe.data, recipe.training
     train = pretraining_dataset(
         train_dir,
-        training["batch_size"],
-        size,
-        seed=training["seed"],
+        training.batch_size,
+        image_size,
+        seed=training.seed,
         split=read_manifest(train_dir)["split"],
-        **augmentation,
+        crop_scale=data.crop_scale,
+        flip_probability=data.flip_probability,
     )
     evaluation = None
     if eval_dir:
@@ -313,8 +357,8 @@ def _datasets(recipe, train_dir, eval_dir):
         # padding of weight 0, not dropped.
         evaluation = pretraining_dataset(
             eval_dir,
-            training["eval_batch_size"],
-            size,
+            training.eval_batch_size,
+            image_size,
             training=False,
             split=read_manifest(eval_dir)["split"],
             complete_last_batch=True,
@@ -330,23 +374,29 @@ def pretrain(recipe, output_dir=None):
     this function; process 0 writes the logs, presets and pictures.
 
     Args:
-        recipe: dict. A recipe (see `keras_aimv2.recipes`).
+        recipe: `keras_aimv2.recipes.PretrainingRecipe` (see
+            `keras_aimv2.recipes.load_recipe`), or a dict of its entries.
         output_dir: str or `None`. Where everything is written; defaults to
             the recipe's `output_dir`. Running again in the same directory
             resumes an interrupted run from its last saved state.
 
     Raises:
+        ValueError: the recipe is not a valid pre-training recipe, or
+            lacks what a run needs (training data, an output directory).
         keras_aimv2.run_directory.RunError: the run cannot go on (another
             run holds the directory, its contents come from another
             recipe, the loss diverged, a signal stopped it); the message
             says what to do and `exit_status` is the command's status.
     """
     started = time.time()
-    recipe = with_pretraining_defaults(recipe)
-    check_recipe(recipe)
+    recipe = typed_recipe(recipe, PretrainingRecipe)
+    recipe.check_runnable()
+    output_dir = recipe.output_directory(output_dir)
     # First: several processes must meet before any computation.
-    distributed = distribution.setup(**recipe["distribution"])
-    output_dir = output_dir or recipe["output_dir"]
+    distributed = distribution.setup(
+        strategy=recipe.distribution.strategy,
+        mesh_shape=recipe.distribution.mesh_shape,
+    )
     # Processes other than 0 build their (identical, seeded) data and
     # tokenizer in a folder of their own instead of racing for one.
     work_dir = output_dir
@@ -363,8 +413,11 @@ def pretrain(recipe, output_dir=None):
 
 
 def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
-    training = recipe["training"]
-    accumulation = training["gradient_accumulation_steps"]
+    training = recipe.training
+    accumulation = training.gradient_accumulation_steps
+    # The work directory is the output directory on process 0, which alone
+    # writes metrics.json.
+    output = RunOutput(work_dir, "pretrain")
     state = TrainingState(
         os.path.join(work_dir, "backup"),
         recipe_entries(
@@ -374,27 +427,27 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
         ),
     )
     claim_directory(recipe, output_dir, work_dir, state)
-    with open(os.path.join(work_dir, "recipe.json"), "w") as file:
-        json.dump(recipe, file, indent=2, default=str)
-    log(
-        f"recipe {recipe['name']!r} on {keras.config.backend()} -> {output_dir}"
+    output.write_recipe(recipe)
+    output.log(
+        f"recipe {recipe.name!r} on {keras.config.backend()} -> {output_dir}"
     )
-    train_dir, eval_dir = prepare_data(recipe["data"], work_dir)
+    train_dir, eval_dir = prepare_data(recipe.data, work_dir)
     stops.check()
     check_batches(training, train_dir, eval_dir)
-    tokenizer_path = prepare_tokenizer(recipe["tokenizer"], train_dir, work_dir)
+    tokenizer_path = prepare_tokenizer(recipe.tokenizer, train_dir, work_dir)
     stops.check()
-    check_schema(recipe["data"], train_dir, eval_dir, tokenizer_path, work_dir)
+    check_schema(recipe.data, train_dir, eval_dir, tokenizer_path, work_dir)
 
     pretrainer = build_pretrainer(recipe, tokenizer_path, distributed)
     compile_pretrainer(pretrainer, training)
     distributed.wrap(pretrainer)
-    log(
+    output.log(
         f"encoder {pretrainer.backbone.count_params():,} parameters, "
         f"pre-training model {pretrainer.count_params():,}; "
         f"{_describe(distributed)}"
     )
-    train, evaluation = _datasets(recipe, train_dir, eval_dir)
+    image_size = tuple(pretrainer.backbone.image_shape[:2])
+    train, evaluation = _datasets(recipe, image_size, train_dir, eval_dir)
     train = distributed.distribute_dataset(train)
     if evaluation is not None:
         evaluation = distributed.distribute_dataset(evaluation)
@@ -403,13 +456,22 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
         # Before the training state is restored: the initial weights.
         held_out["untrained"] = _evaluate(pretrainer, evaluation)
     done = state.load(pretrainer) or 0
-    planned = training["steps"] * accumulation
+    planned = training.steps * accumulation
     if done:
-        log(f"resuming at step {done // accumulation} from {state.directory}")
+        output.log(
+            f"resuming at step {done // accumulation} from {state.directory}"
+        )
     logs_dir = os.path.join(output_dir, "logs")
     guard = RunGuard(stops, state, done, planned, accumulation)
+    progress = FitProgress(
+        "pretrain",
+        training.steps,
+        verbose=training.verbose if distributed.is_chief else 0,
+        first_step=done // accumulation,
+        batches_per_step=accumulation,
+    )
     # `fit` counts batches: `gradient_accumulation_steps` per update.
-    batches_per_epoch = training["steps_per_epoch"] * accumulation
+    batches_per_epoch = training.steps_per_epoch * accumulation
     if done < planned:
         try:
             pretrainer.fit(
@@ -420,14 +482,16 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
                 # The dataset shuffles itself, seeded.
                 shuffle=False,
                 validation_data=evaluation,
-                verbose=training["verbose"] if distributed.is_chief else 0,
-                callbacks=[guard] + _log_callbacks(logs_dir, distributed),
+                # `progress` shows it, in optimizer steps.
+                verbose=0,
+                callbacks=[guard, progress]
+                + _log_callbacks(logs_dir, distributed),
             )
         except RunStopped as stopped:
             state.save(pretrainer, guard.batches, f"at step {guard.step}")
             raise RunStopped(
                 stopped.signum,
-                f"{stopped} at step {guard.step} of {training['steps']}; "
+                f"{stopped} at step {guard.step} of {training.steps}; "
                 f"the training state is saved in {state.directory}: rerun "
                 "the same command to resume.",
             ) from None
@@ -439,16 +503,16 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
     # Every process takes part in gathering sharded weights.
     pretrainer = distributed.local_copy(pretrainer)
     if not distributed.is_chief:
-        log("done; process 0 writes the presets and pictures")
+        output.log("done; process 0 writes the presets and pictures")
         return {"process_index": distributed.process_index}
 
     check_finite(pretrainer, "after training")
     preset_dir = os.path.join(output_dir, "preset")
     pretrainer.backbone.save_to_preset(os.path.join(preset_dir, "backbone"))
     pretrainer.save_to_preset(os.path.join(preset_dir, "pretrainer"))
-    log(f"saved presets in {preset_dir}")
+    output.log(f"saved presets in {preset_dir}")
     summary = {
-        "recipe": recipe["name"],
+        "recipe": recipe.name,
         "backend": keras.config.backend(),
         "steps": steps,
         "presets": preset_dir,
@@ -464,9 +528,8 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
             os.path.join(output_dir, "pictures"),
         )
     summary["wall_time_s"] = round(time.time() - started, 1)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
-        json.dump(summary, file, indent=2, allow_nan=False)
-    log(json.dumps(summary, indent=2))
+    output.write_metrics(summary)
+    output.log(json.dumps(summary, indent=2))
     return summary
 
 
@@ -485,9 +548,9 @@ def claim_directory(recipe, output_dir, work_dir, state):
     """
     data_entries = recipe_entries(recipe, (), DATA_ENTRIES)
     chain = []
-    if not recipe["data"].get("train_dir"):
+    if not recipe.data.train_dir:
         chain.append((os.path.join(work_dir, "data"), data_entries, "data"))
-    if not recipe["tokenizer"].get("model"):
+    if not recipe.tokenizer.model:
         path = os.path.join(work_dir, "tokenizer.model")
         entries = {
             **data_entries,
@@ -499,7 +562,7 @@ def claim_directory(recipe, output_dir, work_dir, state):
         try:
             check_origin(artefact, entries, what, REBUILD)
         except RecipeMismatchError as error:
-            if not recipe["training"]["rebuild"]:
+            if not recipe.training.rebuild:
                 raise
             log(f"{error}\nrebuilding, as {REBUILD}=True allows")
             stale = [path for path, _, _ in chain[index:]]
@@ -529,11 +592,11 @@ def _discard(path):
 def check_batches(training, train_dir, eval_dir):
     """Refuse, before training, a split that yields no batch at all."""
     train = read_manifest(train_dir)["num_examples"]
-    if train < training["batch_size"]:
+    if train < training.batch_size:
         raise RunError(
             f"The training split {train_dir} holds {train} examples, "
             f"fewer than one batch (training.batch_size="
-            f"{training['batch_size']}): it yields no batch. Give more "
+            f"{training.batch_size}): it yields no batch. Give more "
             "examples (e.g. data.train_examples) or a smaller batch."
         )
     if eval_dir and not read_manifest(eval_dir)["num_examples"]:

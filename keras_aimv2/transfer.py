@@ -10,14 +10,13 @@ recipe (the packaged `probe_fashion_mnist`): it loads an encoder from a
 preset, or builds a randomly initialised one, trains the probe on
 Fashion-MNIST training images resized to the encoder's resolution (gray
 copied into 3 channels), reports top-1 accuracy on the 10,000 test images
-and writes `metrics.json`. Setting `head.freeze_backbone=False` fine-tunes
-instead, optionally with layer-wise learning-rate decay
-(`training.layer_decay`).
+and writes `recipe.json` and `metrics.json` (atomically, as `aimv2
+pretrain` does: `keras_aimv2.outputs.RunOutput`). Setting
+`head.freeze_backbone=False` fine-tunes instead, optionally with layer-wise
+learning-rate decay (`training.layer_decay`).
 """
 
-import json
 import math
-import os
 import time
 
 import keras
@@ -35,11 +34,12 @@ from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
     AIMV2ImageClassifierPreprocessor,
 )
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
-from keras_aimv2.recipes import backbone_arguments
-
-
-def log(message):
-    print(f"[probe] {message}", flush=True)
+from keras_aimv2.outputs import FitProgress
+from keras_aimv2.outputs import RunOutput
+from keras_aimv2.recipes import ProbeBackboneSection
+from keras_aimv2.recipes import ProbeData
+from keras_aimv2.recipes import ProbeRecipe
+from keras_aimv2.recipes import typed_recipe
 
 
 def build_encoder(section, seed=0):
@@ -53,20 +53,21 @@ def build_encoder(section, seed=0):
     `AIMV2Backbone` arguments), seeded by `seed`.
 
     Args:
-        section: dict. The recipe's `backbone` section.
+        section: `keras_aimv2.recipes.ProbeBackboneSection` (the recipe's
+            `backbone`), or a dict of its entries.
         seed: int. Seed of a random initialisation. Defaults to `0`.
 
     Returns:
         An `AIMV2Backbone`.
     """
-    section = dict(section)
-    preset = section.pop("preset", None)
-    if preset:
-        image_shape = section.get("image_shape")
+    if not isinstance(section, ProbeBackboneSection):
+        section = ProbeBackboneSection.from_dict(section)
+    if section.preset:
+        image_shape = section.image_shape
         kwargs = {} if image_shape is None else {"image_shape": image_shape}
-        return AIMV2Backbone.from_preset(preset, **kwargs)
+        return AIMV2Backbone.from_preset(section.preset, **kwargs)
     keras.utils.set_random_seed(seed)
-    return AIMV2Backbone(**backbone_arguments(section))
+    return AIMV2Backbone(**section.arguments())
 
 
 def _gray_to_rgb(image):
@@ -76,17 +77,17 @@ def _gray_to_rgb(image):
 def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
     """Augmented Fashion-MNIST training batches and plain test batches.
 
-    Training images get a random resized crop (`data["crop_scale"]`,
-    aspect ratio 3/4 to 4/3) and a horizontal flip
-    (`data["flip_probability"]`), each drawn statelessly from `(seed,
+    Training images get a random resized crop (`data.crop_scale`, aspect
+    ratio 3/4 to 4/3) and a horizontal flip (`data.flip_probability`),
+    each drawn statelessly from `(seed,
     element index)` so runs repeat exactly; test images are resized whole.
     Both are bicubically resized to `image_size`, gray copied into three
     channels, in `[0, 255]`. The training set repeats and is reshuffled
     every pass; its batches are complete.
 
     Args:
-        data: dict. The recipe's `data` section (`train_examples`,
-            `test_examples`, `crop_scale`, `flip_probability`, `root`).
+        data: `keras_aimv2.recipes.ProbeData` (the recipe's `data`), or a
+            dict of its entries.
         image_size: tuple `(height, width)`. The encoder's input size.
         batch_size: int. Training batch size.
         eval_batch_size: int. Test batch size.
@@ -97,22 +98,24 @@ def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
         A tuple `(train, test, num_train, num_test)`: two `tf.data.Dataset`
         of `(images, labels)` and the numbers of examples used.
     """
-    root = data.get("root") or DEFAULT_ROOT
+    if not isinstance(data, ProbeData):
+        data = ProbeData.from_dict(data)
+    root = data.root or DEFAULT_ROOT
     train_images, train_labels, _ = load_fashion_mnist("train", root)
     test_images, test_labels, _ = load_fashion_mnist("test", root)
-    if data.get("train_examples"):
-        train_images = train_images[: data["train_examples"]]
-        train_labels = train_labels[: data["train_examples"]]
-    if data.get("test_examples"):
-        test_images = test_images[: data["test_examples"]]
-        test_labels = test_labels[: data["test_examples"]]
+    if data.train_examples:
+        train_images = train_images[: data.train_examples]
+        train_labels = train_labels[: data.train_examples]
+    if data.test_examples:
+        test_images = test_images[: data.test_examples]
+        test_labels = test_labels[: data.test_examples]
     if len(train_images) < batch_size:
         raise ValueError(
             f"`training.batch_size`={batch_size} is larger than the "
             f"{len(train_images)} training examples."
         )
-    crop_scale = tuple(data["crop_scale"])
-    flip_probability = data["flip_probability"]
+    crop_scale = data.crop_scale
+    flip_probability = data.flip_probability
 
     def augment(index, image, label):
         element_seed = tf.stack([tf.constant(seed, tf.int64), index])
@@ -162,28 +165,29 @@ def probe_optimizer(training, steps_per_epoch, num_layers):
     encoder's blocks (`keras_aimv2.layer_decay.LayerDecayAdamW`).
 
     Args:
-        training: dict. The recipe's `training` section.
+        training: `keras_aimv2.recipes.ProbeTraining`. The recipe's
+            `training` section.
         steps_per_epoch: int. Optimizer steps per epoch.
         num_layers: int. Blocks of the encoder.
 
     Returns:
         A `LayerDecayAdamW`.
     """
-    peak = training["peak_learning_rate"]
-    steps = steps_per_epoch * training["epochs"]
-    warmup = int(round(training["warmup_epochs"] * steps_per_epoch))
+    peak = training.peak_learning_rate
+    steps = steps_per_epoch * training.epochs
+    warmup = int(round(training.warmup_epochs * steps_per_epoch))
     warmup = min(warmup, steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else peak,
         warmup_target=peak if warmup else None,
         warmup_steps=warmup,
         decay_steps=max(steps - warmup, 1),
-        alpha=training["final_learning_rate"] / peak,
+        alpha=training.final_learning_rate / peak,
     )
-    layer_decay = training.get("layer_decay")
+    layer_decay = training.layer_decay
     optimizer = LayerDecayAdamW(
         learning_rate=schedule,
-        weight_decay=training["weight_decay"],
+        weight_decay=training.weight_decay,
         layer_decay=1.0 if layer_decay is None else layer_decay,
         num_layers=num_layers,
     )
@@ -192,22 +196,27 @@ def probe_optimizer(training, steps_per_epoch, num_layers):
 
 
 def build_classifier(recipe, backbone):
-    """The classifier (probe or fine-tuning head) of a probe recipe."""
-    head = recipe["head"]
+    """The classifier (probe or fine-tuning head) of a probe recipe.
+
+    Args:
+        recipe: `keras_aimv2.recipes.ProbeRecipe`.
+        backbone: `AIMV2Backbone`. The encoder.
+    """
+    head = recipe.head
     height, width, _ = backbone.image_shape
     preprocessor = AIMV2ImageClassifierPreprocessor(
         AIMV2ImageConverter(image_size=(height, width))
     )
-    keras.utils.set_random_seed(recipe["training"]["seed"] + 1)
+    keras.utils.set_random_seed(recipe.training.seed + 1)
     return AIMV2ImageClassifier(
         backbone,
-        num_classes=recipe["data"]["num_classes"],
+        num_classes=recipe.data.num_classes,
         preprocessor=preprocessor,
-        pooling=head["pooling"],
-        freeze_backbone=head["freeze_backbone"],
-        feature_layers=head["feature_layers"],
-        num_heads=head["num_heads"],
-        dropout=head["dropout"],
+        pooling=head.pooling,
+        freeze_backbone=head.freeze_backbone,
+        feature_layers=head.feature_layers,
+        num_heads=head.num_heads,
+        dropout=head.dropout,
     )
 
 
@@ -215,11 +224,11 @@ def probe(recipe, output_dir=None):
     """Run a probe recipe; returns the summary written to metrics.json.
 
     Args:
-        recipe: dict. A probe recipe (see the packaged
-            `probe_fashion_mnist`).
-        output_dir: str or `None`. Where `recipe.json`, `metrics.json`, the
-            training log and the classifier preset are written. Defaults to
-            the recipe's `output_dir`.
+        recipe: `keras_aimv2.recipes.ProbeRecipe` (see the packaged
+            `probe_fashion_mnist`), or a dict of its entries.
+        output_dir: str or `None`. Where `recipe.json`, `metrics.json` (both
+            written atomically), the training log and the classifier preset
+            are written. Defaults to the recipe's `output_dir`.
 
     Returns:
         A dict with the test top-1 accuracy (`top1`), the test loss, the
@@ -233,17 +242,18 @@ def probe(recipe, output_dir=None):
     >>> summary["top1"]
     """
     started = time.time()
-    output_dir = output_dir or recipe["output_dir"]
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "recipe.json"), "w") as file:
-        json.dump(recipe, file, indent=2, default=str)
-    data, training = recipe["data"], recipe["training"]
-    log(
-        f"recipe {recipe['name']!r} on {keras.config.backend()} -> {output_dir}"
+    recipe = typed_recipe(recipe, ProbeRecipe)
+    recipe.check_runnable()
+    output = RunOutput(recipe.output_directory(output_dir), "probe").create()
+    output.write_recipe(recipe)
+    data, training = recipe.data, recipe.training
+    output.log(
+        f"recipe {recipe.name!r} on {keras.config.backend()} -> "
+        f"{output.directory}"
     )
 
-    backbone = build_encoder(recipe["backbone"], seed=training["seed"])
-    encoder = recipe["backbone"].get("preset") or "random initialisation"
+    backbone = build_encoder(recipe.backbone, seed=training.seed)
+    encoder = recipe.backbone.preset or "random initialisation"
     image_size = tuple(backbone.image_shape[:2])
     if None in image_size:
         raise ValueError(
@@ -254,12 +264,12 @@ def probe(recipe, output_dir=None):
     train, test, num_train, num_test = probe_datasets(
         data,
         image_size,
-        training["batch_size"],
-        training["eval_batch_size"],
-        seed=training["seed"],
+        training.batch_size,
+        training.eval_batch_size,
+        seed=training.seed,
     )
-    steps_per_epoch = training.get("steps_per_epoch") or (
-        num_train // training["batch_size"]
+    steps_per_epoch = training.steps_per_epoch or (
+        num_train // training.batch_size
     )
     classifier = build_classifier(recipe, backbone)
     classifier.compile(
@@ -267,54 +277,66 @@ def probe(recipe, output_dir=None):
             training, steps_per_epoch, backbone.num_layers
         )
     )
-    log(
+    output.log(
         f"encoder: {encoder}, {backbone.count_params():,} parameters, "
         f"{'frozen' if classifier.freeze_backbone else 'fine-tuned'}; "
         f"trainable: {_count(classifier.trainable_weights):,}; "
         f"{num_train} training images at {image_size[0]}x{image_size[1]}, "
-        f"{training['epochs']} epochs of {steps_per_epoch} steps"
+        f"{training.epochs} epochs of {steps_per_epoch} steps"
     )
-    log_path = os.path.join(output_dir, "training.csv")
     history = classifier.fit(
         train,
-        epochs=training["epochs"],
+        epochs=training.epochs,
         steps_per_epoch=steps_per_epoch,
-        verbose=training["verbose"],
-        callbacks=[keras.callbacks.CSVLogger(log_path)],
+        # `FitProgress` shows it.
+        verbose=0,
+        callbacks=[
+            FitProgress(
+                "probe",
+                training.epochs * steps_per_epoch,
+                verbose=training.verbose,
+            ),
+            keras.callbacks.CSVLogger(output.path("training.csv")),
+        ],
     )
     results = classifier.evaluate(test, verbose=0, return_dict=True)
-    preset_dir = os.path.join(output_dir, "preset")
+    preset_dir = output.path("preset")
     classifier.save_to_preset(preset_dir)
 
     summary = {
-        "recipe": recipe["name"],
+        "recipe": recipe.name,
         "backend": keras.config.backend(),
         "encoder": encoder,
         "frozen_encoder": classifier.freeze_backbone,
-        "pooling": recipe["head"]["pooling"],
+        "pooling": recipe.head.pooling,
         "image_size": list(image_size),
         "train_examples": num_train,
         "test_examples": num_test,
-        "epochs": training["epochs"],
+        "epochs": training.epochs,
         "steps": int(
             keras.ops.convert_to_numpy(classifier.optimizer.iterations)
         ),
         "top1": round(float(results["accuracy"]), 4),
-        "test_loss": round(float(results["loss"]), 4),
+        "test_loss": _rounded(results["loss"]),
         "history": {
-            key: [round(float(value), 4) for value in values]
+            key: [_rounded(value) for value in values]
             for key, values in history.history.items()
         },
         "preset": preset_dir,
         "wall_time_s": round(time.time() - started, 1),
     }
-    with open(os.path.join(output_dir, "metrics.json"), "w") as file:
-        json.dump(summary, file, indent=2)
-    log(
+    output.write_metrics(summary)
+    output.log(
         f"top-1 on {num_test} test images: {summary['top1']:.2%} "
         f"({summary['wall_time_s']} s)"
     )
     return summary
+
+
+def _rounded(value):
+    """`value` rounded, or `None` if it is not finite (JSON has no NaN)."""
+    value = float(value)
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def _count(weights):

@@ -13,7 +13,10 @@ from PIL import Image
 
 import keras_aimv2
 from keras_aimv2.cli import main
+from keras_aimv2.recipes import apply_overrides
+from keras_aimv2.recipes import load_recipe
 from keras_aimv2.recipes import packaged_recipes
+from keras_aimv2.recipes import recipe_from_dict
 from keras_aimv2.recipes import recipe_path
 
 # The packaged main-job recipe, by name (a path works as well).
@@ -60,6 +63,15 @@ def test_pretrain_writes_its_state_logs_presets_and_pictures(tmp_path):
     assert not os.path.exists(os.path.join(output, ".lock"))
     assert _epochs(output) == [0, 1]
     assert os.listdir(os.path.join(output, "logs", "tensorboard"))
+    # recipe.json holds every value of the recipe that ran, overrides and
+    # defaults included, and reads back as that recipe.
+    with open(os.path.join(output, "recipe.json")) as file:
+        recorded = json.load(file)
+    assert recorded["training"]["dtype_policy"] == "float32"
+    ran = apply_overrides(load_recipe(RECIPE), overrides)
+    assert recipe_from_dict(recorded) == ran
+    # Nothing is left of the atomic writes.
+    assert not [n for n in os.listdir(output) if n.startswith(".writing-")]
     metrics = json.load(open(os.path.join(output, "metrics.json")))
     assert metrics["steps"] == 4
     assert set(metrics["held_out"]) == {"trained", "untrained"}
@@ -115,6 +127,29 @@ def test_every_command_explains_itself(command, capsys):
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["pretrain", RECIPE, "--set", "training.stepz=3"]) == 2
     assert "Unknown recipe key 'training.stepz'" in capsys.readouterr().err
+
+
+def test_a_recipe_is_checked_before_its_run(capsys, tmp_path):
+    # A recipe of the other command.
+    assert main(["probe", RECIPE, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a pretrain recipe: run it with `aimv2 pretrain" in err
+    # A template that names no data.
+    assert main(["pretrain", "aimv2_large", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "names no training data" in err and "data.train_dir" in err
+    # A misspelled key in a recipe file.
+    path = tmp_path / "typo.py"
+    path.write_text(
+        "import runpy\n"
+        f"RECIPE = runpy.run_path({recipe_path(RECIPE)!r})['RECIPE']\n"
+        "RECIPE['data']['sead'] = RECIPE['data'].pop('seed')\n"
+    )
+    assert main(["pretrain", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aimv2 pretrain: Recipe file {str(path)!r}")
+    assert "'data.sead'" in err and "Did you mean 'data.seed'?" in err
+    assert os.listdir(tmp_path) == ["typo.py"]
 
 
 def test_recipes_command_lists_every_packaged_recipe(

@@ -8,6 +8,7 @@ depend on the backend is tested in the JAX test process only.
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -23,13 +24,28 @@ from conftest import to_numpy
 from test_cli import RECIPE
 from test_cli import SMALL
 
+from keras_aimv2 import outputs
 from keras_aimv2.cli import main
 from keras_aimv2.optimization import aimv2_adamw
+from keras_aimv2.outputs import FitProgress
+from keras_aimv2.outputs import Progress
+from keras_aimv2.outputs import RunOutput
+from keras_aimv2.outputs import atomic_path
+from keras_aimv2.outputs import write_json_atomically
+from keras_aimv2.recipes import apply_overrides
+from keras_aimv2.recipes import load_recipe
+from keras_aimv2.recipes import recipe_path
+from keras_aimv2.run_directory import RecipeMismatchError
 from keras_aimv2.run_directory import RunDirectoryError
 from keras_aimv2.run_directory import RunLock
 from keras_aimv2.run_directory import RunStopped
 from keras_aimv2.run_directory import StopRequests
 from keras_aimv2.run_directory import TrainingState
+from keras_aimv2.run_directory import check_origin
+from keras_aimv2.run_directory import recipe_entries
+from keras_aimv2.run_directory import record_origin
+from keras_aimv2.training import DATA_ENTRIES
+from keras_aimv2.training import REBUILD
 
 BACKEND = keras.config.backend()
 TWO_STEPS = ["data.train_examples=32", "training.steps_per_epoch=2"]
@@ -330,6 +346,162 @@ def test_a_kill_between_the_write_and_the_rename_keeps_the_last_state(
     with pytest.raises(RunDirectoryError, match="Delete") as error:
         state.load(_compiled_pretrainer(seed=3))
     assert path in str(error.value)
+
+
+# === Origins recorded before recipes were typed ===
+
+# The training state's origin, as `aimv2 pretrain` records it.
+STATE_SECTIONS = ("backbone", "decoder", "tokenizer")
+STATE_KEYS = DATA_ENTRIES + ("training.gradient_accumulation_steps",)
+
+
+def _untyped_origin(name):
+    """The training state's origin that the previous version recorded for
+    packaged recipe `name`: the entries the recipe file gave, with the
+    few defaults that version filled in."""
+    values = runpy.run_path(recipe_path(name))["RECIPE"]
+    values["tokenizer"] = {
+        "pad_token": None,
+        "remove_punctuation": False,
+        **values["tokenizer"],
+    }
+    values["training"] = {
+        "gradient_accumulation_steps": 1,
+        **values["training"],
+    }
+    entries = {
+        f"{section}.{key}": value
+        for section in STATE_SECTIONS
+        for key, value in values[section].items()
+    }
+    for dotted in STATE_KEYS:
+        section, key = dotted.split(".")
+        entries[dotted] = values[section].get(key)
+    return json.loads(json.dumps(entries))
+
+
+@pytest.mark.parametrize("name", ["tiny_scenes_cpu", "aimv2_large"])
+def test_an_origin_recorded_before_typed_recipes_still_matches(tmp_path, name):
+    # A run of the previous version resumes: the typed recipe lists every
+    # entry, those its file leaves to their defaults (`None`) included.
+    artefact = tmp_path / "backup"
+    artefact.mkdir()
+    record_origin(artefact, _untyped_origin(name))
+    recipe = load_recipe(name)
+    entries = recipe_entries(recipe, STATE_SECTIONS, STATE_KEYS)
+    assert set(entries) > set(_untyped_origin(name))
+    assert check_origin(artefact, entries, "training state", REBUILD) is True
+    # A change is still refused.
+    changed = apply_overrides(recipe, ["decoder.context_length=12"])
+    entries = recipe_entries(changed, STATE_SECTIONS, STATE_KEYS)
+    with pytest.raises(RecipeMismatchError, match="decoder.context_length"):
+        check_origin(artefact, entries, "training state", REBUILD)
+
+
+# === Atomic writes, run outputs and progress ===
+
+
+def test_the_atomic_writer_keeps_the_old_file_when_writing_fails(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "record.json"
+    write_json_atomically(path, {"version": 1})
+    assert json.loads(path.read_text()) == {"version": 1}
+
+    def untouched():
+        assert json.loads(path.read_text()) == {"version": 1}
+        assert sorted(os.listdir(tmp_path)) == ["record.json"]
+
+    # A value JSON refuses, found half-way through the write.
+    with pytest.raises(ValueError, match="JSON"):
+        write_json_atomically(path, {"version": 2, "loss": float("nan")})
+    untouched()
+    with pytest.raises(TypeError):
+        write_json_atomically(path, {"version": 2, "what": object()})
+    untouched()
+    # Any failure (or interrupt) while the body writes.
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as temporary:
+            with open(temporary, "w") as file:
+                file.write('{"version": ')
+            raise KeyboardInterrupt
+    untouched()
+    # Killed after the write, before the rename: the old file is whole, the
+    # temporary one waits for its writer's cleanup.
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", lambda *args: sys.exit("killed"))
+        with pytest.raises(SystemExit):
+            write_json_atomically(path, {"version": 2})
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert ".writing-record.json" in os.listdir(tmp_path)
+    # A named temporary file, beside the target only.
+    write_json_atomically(path, {"version": 3}, temporary="record.partial-x")
+    assert json.loads(path.read_text()) == {"version": 3}
+    assert not (tmp_path / "record.partial-x").exists()
+    with pytest.raises(ValueError, match="without a folder"):
+        write_json_atomically(path, {}, temporary="../elsewhere.json")
+
+
+def test_run_output_writes_the_recipe_and_metrics_atomically(tmp_path):
+    output = RunOutput(tmp_path / "run", "probe").create()
+    recipe = load_recipe("probe_fashion_mnist")
+    path = output.write_recipe(recipe)
+    with open(path) as file:
+        assert json.load(file) == json.loads(json.dumps(recipe.to_dict()))
+    output.write_metrics({"top1": 0.5})
+    with pytest.raises(ValueError):
+        output.write_metrics({"top1": float("nan")})
+    with open(output.path("metrics.json")) as file:
+        assert json.load(file) == {"top1": 0.5}
+    assert sorted(os.listdir(output.directory)) == [
+        "metrics.json",
+        "recipe.json",
+    ]
+
+
+def test_progress_lines_give_the_count_rate_and_time_left(capsys):
+    progress = Progress("build", "examples", total=100, every=3600)
+    progress.update(10, written=9, skipped=1)
+    assert capsys.readouterr().err == ""  # Not due yet.
+    progress.started -= 10.0  # Ten seconds ago.
+    line = progress.line(50, {"written": 49, "skipped": 1})
+    assert line == (
+        "[build] 50/100 examples: written 49, skipped 1; 5 examples/s, 10s left"
+    )
+    progress.finish(100, loss=0.123456)
+    assert capsys.readouterr().err.startswith(
+        "[build] 100/100 examples: loss 0.1235; "
+    )
+    quiet = Progress("build", "examples", every=0, enabled=False)
+    quiet.update(5)
+    quiet.finish(5)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_fit_progress_reports_steps_and_epochs(verbose, capsys, monkeypatch):
+    monkeypatch.setattr(outputs, "PROGRESS_SECONDS", 0.0)
+    pretrainer = _compiled_pretrainer(seed=0)
+    batch = make_batch(4)
+    progress = FitProgress("pretrain", 6, verbose=verbose, first_step=2)
+    pretrainer.fit(
+        {k: np.concatenate([v, v]) for k, v in batch.items()},
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        callbacks=[progress],
+    )
+    lines = capsys.readouterr().err.splitlines()
+    epochs = [line for line in lines if "epoch" in line]
+    assert [line.split(":")[0] for line in epochs] == [
+        "[pretrain] 4/6 steps",
+        "[pretrain] 6/6 steps",
+    ]
+    assert "epoch 2/2, loss " in epochs[-1] and "text_loss" in epochs[-1]
+    steps = [line for line in lines if "epoch" not in line]
+    assert len(steps) == (4 if verbose == 1 else 0)
+    with pytest.raises(ValueError, match="verbose=3"):
+        FitProgress("pretrain", 6, verbose=3)
 
 
 # === A failing fit or evaluate keeps the model ===

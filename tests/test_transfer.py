@@ -10,11 +10,15 @@ import pytest
 from conftest import TINY_BACKBONE
 from conftest import to_numpy
 
+from keras_aimv2 import outputs
 from keras_aimv2.cli import main
 from keras_aimv2.layer_decay import LayerDecayAdamW
 from keras_aimv2.layer_decay import aimv2_layer_id
 from keras_aimv2.models.aimv2_image_classifier import AIMV2ImageClassifier
+from keras_aimv2.recipes import ProbeBackboneSection
+from keras_aimv2.recipes import apply_overrides
 from keras_aimv2.recipes import load_recipe
+from keras_aimv2.recipes import recipe_from_dict
 from keras_aimv2.transfer import build_encoder
 from keras_aimv2.transfer import probe_datasets
 
@@ -41,7 +45,7 @@ def _backbone_weights(model):
 def fashion_batch():
     """32 augmented Fashion-MNIST images, roughly normalized, and labels."""
     recipe = load_recipe(RECIPE)
-    data = {**recipe["data"], "train_examples": 32, "test_examples": 8}
+    data = recipe.data.replace(train_examples=32, test_examples=8)
     train, _, _, _ = probe_datasets(data, (32, 32), 32, 8, seed=0)
     images, labels = next(iter(train.take(1)))
     return np.asarray(images) / 127.5 - 1.0, np.asarray(labels)
@@ -49,19 +53,39 @@ def fashion_batch():
 
 def test_probe_recipe_follows_the_paper_protocol():
     recipe = load_recipe(RECIPE)
-    assert recipe["data"]["crop_scale"] == (0.08, 1.0)
-    assert recipe["data"]["flip_probability"] == 0.5
-    assert recipe["training"]["weight_decay"] in (0.05, 0.1)
-    assert 5e-5 <= recipe["training"]["peak_learning_rate"] <= 2e-3
-    assert recipe["head"]["pooling"] == "attention"
-    assert recipe["head"]["freeze_backbone"] is True
-    assert recipe["head"]["feature_layers"] is None
-    assert recipe["backbone"]["preset"] is None
+    assert recipe.data.crop_scale == (0.08, 1.0)
+    assert recipe.data.flip_probability == 0.5
+    assert recipe.training.weight_decay in (0.05, 0.1)
+    assert 5e-5 <= recipe.training.peak_learning_rate <= 2e-3
+    assert recipe.head.pooling == "attention"
+    assert recipe.head.freeze_backbone is True
+    assert recipe.head.feature_layers is None
+    assert recipe.backbone.preset is None
 
 
-def test_probe_command_end_to_end(tmp_path):
+def test_probe_command_end_to_end(tmp_path, monkeypatch, capsys):
     output = str(tmp_path / "probe")
-    assert main(["probe", RECIPE, "--output-dir", output, "--set"] + SMALL) == 0
+    # Its recipe.json and metrics.json go through the package's one atomic
+    # writer, as those of `aimv2 pretrain`.
+    written = []
+    atomic_path = outputs.atomic_path
+
+    def recording(path, temporary=None):
+        written.append(os.path.relpath(path, output))
+        return atomic_path(path, temporary)
+
+    monkeypatch.setattr(outputs, "atomic_path", recording)
+    monkeypatch.setattr(outputs, "PROGRESS_SECONDS", 0.0)
+    arguments = ["probe", RECIPE, "--output-dir", output, "--set"] + SMALL
+    assert main(arguments[:-1] + ["training.verbose=2"]) == 0
+    assert written == ["recipe.json", "metrics.json"]
+    assert not [n for n in os.listdir(output) if n.startswith(".")]
+    # Progress: one line per epoch (verbose=2), from the package's display.
+    lines = capsys.readouterr().err.splitlines()
+    epochs = [line for line in lines if line.startswith("[probe] ")]
+    assert len(epochs) == 2, lines[-10:]
+    assert epochs[-1].startswith("[probe] 8/8 steps: epoch 2/2, ")
+    assert "accuracy" in epochs[-1]
     with open(os.path.join(output, "metrics.json")) as file:
         metrics = json.load(file)
     assert metrics["encoder"] == "random initialisation"
@@ -74,7 +98,13 @@ def test_probe_command_end_to_end(tmp_path):
     with open(os.path.join(output, "training.csv")) as file:
         assert len(list(csv.DictReader(file))) == 2
     with open(os.path.join(output, "recipe.json")) as file:
-        assert json.load(file)["training"]["epochs"] == 2
+        recorded = json.load(file)
+    assert recorded["training"]["epochs"] == 2
+    # All the recipe's values: the loaded recipe with the overrides.
+    ran = apply_overrides(
+        load_recipe(RECIPE), SMALL[:-1] + ["training.verbose=2"]
+    )
+    assert recipe_from_dict(recorded) == ran
     assert os.path.isfile(os.path.join(output, "preset", "task.json"))
     # Bad overrides are refused with a message, not a traceback.
     assert main(["probe", RECIPE, "--set", "training.epoch=1"]) == 2
@@ -82,7 +112,8 @@ def test_probe_command_end_to_end(tmp_path):
 
 def test_probe_images_are_augmented_crops_of_fashion_mnist():
     recipe = load_recipe(RECIPE)
-    data = {**recipe["data"], "train_examples": 64, "test_examples": 16}
+    # The recipe's section, or a dict of its entries.
+    data = {**recipe.data.to_dict(), "train_examples": 64, "test_examples": 16}
     train, test, num_train, num_test = probe_datasets(
         data, (32, 32), 16, 16, seed=0
     )
@@ -102,7 +133,7 @@ def test_probe_images_are_augmented_crops_of_fashion_mnist():
 
 def test_probe_leaves_a_random_frozen_encoder_unchanged(fashion_batch):
     backbone = build_encoder(
-        {"preset": None, **TINY_BACKBONE, "num_layers": 1}, seed=3
+        ProbeBackboneSection(**{**TINY_BACKBONE, "num_layers": 1}), seed=3
     )
     model = AIMV2ImageClassifier(backbone, num_classes=10)
     before = _backbone_weights(model)
@@ -147,6 +178,7 @@ def test_layer_ids_and_multipliers():
 def test_fine_tuning_with_layer_decay_moves_deeper_layers_more(
     fashion_batch,
 ):
+    # A dict of the section's entries works as well.
     backbone = build_encoder({"preset": None, **TINY_BACKBONE}, seed=0)
     model = AIMV2ImageClassifier(
         backbone, num_classes=10, pooling="mean", freeze_backbone=False

@@ -220,8 +220,9 @@ class StepRecorder:
 def _model(args):
     """Backbone and decoder arguments and the global batch size."""
     import keras_aimv2
-    from keras_aimv2.recipes import backbone_arguments
+    from keras_aimv2.recipes import PretrainingRecipe
     from keras_aimv2.recipes import load_recipe
+    from keras_aimv2.recipes import typed_recipe
 
     if not args.recipe:
         backbone = keras_aimv2.BACKBONE_CONFIGS["tiny"]
@@ -230,13 +231,13 @@ def _model(args):
             keras_aimv2.DECODER_CONFIGS["tiny"],
             args.batch_size or 8,
         )
-    recipe = load_recipe(args.recipe)
+    recipe = typed_recipe(load_recipe(args.recipe), PretrainingRecipe)
     decoder = dict(
-        recipe["decoder"],
-        vocabulary_size=recipe["tokenizer"]["vocabulary_size"],
+        recipe.decoder.to_dict(),
+        vocabulary_size=recipe.tokenizer.vocabulary_size,
     )
-    batch_size = args.batch_size or recipe["training"]["batch_size"]
-    return backbone_arguments(recipe["backbone"]), decoder, batch_size
+    batch_size = args.batch_size or recipe.training.batch_size
+    return recipe.backbone.arguments(), decoder, batch_size
 
 
 def seeded_pretrainer(backbone_config, decoder_config, dtype, remat=False):

@@ -1,10 +1,20 @@
-"""Recipes: one plain-Python file per experiment, and overrides of them.
+"""Recipes: one plain-Python file per experiment, typed, and overrides.
 
-A recipe file defines `RECIPE`, a dict with the sections `backbone`
-(`AIMV2Backbone` arguments), `decoder` (the decoder arguments of
-`AIMV2Pretrainer`), `data`, `tokenizer`, `training` and `output_dir`, and
-names the paper configuration it follows under `paper`. Nothing is hidden in
-code: `pretrain` reads every number from the recipe.
+A recipe file defines `RECIPE`, a dict with a `name`, the `paper`
+configuration it follows, its `output_dir`, and its sections. A
+pre-training recipe (`aimv2 pretrain`) has the sections `backbone`
+(`AIMV2Backbone` arguments), `decoder` (the decoder of `AIMV2Pretrainer`),
+`data`, `tokenizer`, `training`, and optionally `distribution` and
+`initialize`; a probe recipe (`aimv2 probe`) has `backbone`, `data`, `head`
+and `training`. Nothing is hidden in code: a run reads every number from
+its recipe.
+
+Loading a recipe makes it typed (`PretrainingRecipe` or `ProbeRecipe`, one
+frozen dataclass per section; see `keras_aimv2.recipes._sections`): every
+entry is checked against its type and rule, an unknown entry (a misspelled
+key) or a missing one without a default is an error naming it, and the
+entries that recipes written before them lack take their type's default.
+Entries read as attributes, `recipe.training.steps`.
 
 The recipes of this package are the `.py` files of this folder, installed
 with it; `load_recipe` takes one by name (`tiny_scenes_cpu`) from any
@@ -13,142 +23,62 @@ them (`aimv2 recipes` prints the list).
 """
 
 import ast
-import copy
-import math
+import difflib
 import os
 import runpy
+import traceback
 
-from keras_aimv2.validation import check_positive_int
+from keras_aimv2.recipes._sections import RECIPE_TYPES
+from keras_aimv2.recipes._sections import BackboneSection
+from keras_aimv2.recipes._sections import DecoderSection
+from keras_aimv2.recipes._sections import DistributionSection
+from keras_aimv2.recipes._sections import HeadSection
+from keras_aimv2.recipes._sections import InitializeSection
+from keras_aimv2.recipes._sections import PretrainingData
+from keras_aimv2.recipes._sections import PretrainingRecipe
+from keras_aimv2.recipes._sections import PretrainingTraining
+from keras_aimv2.recipes._sections import ProbeBackboneSection
+from keras_aimv2.recipes._sections import ProbeData
+from keras_aimv2.recipes._sections import ProbeRecipe
+from keras_aimv2.recipes._sections import ProbeTraining
+from keras_aimv2.recipes._sections import Recipe
+from keras_aimv2.recipes._sections import Section
+from keras_aimv2.recipes._sections import TokenizerSection
+from keras_aimv2.recipes._sections import backbone_arguments
+from keras_aimv2.recipes._sections import convert
+from keras_aimv2.recipes._sections import field_type
+from keras_aimv2.recipes._sections import recipe_type
+from keras_aimv2.recipes._sections import unknown_key_error
 
-SECTIONS = ("backbone", "decoder", "data", "tokenizer", "training")
+__all__ = [
+    "BackboneSection",
+    "DecoderSection",
+    "DistributionSection",
+    "HeadSection",
+    "InitializeSection",
+    "PretrainingData",
+    "PretrainingRecipe",
+    "PretrainingTraining",
+    "ProbeBackboneSection",
+    "ProbeData",
+    "ProbeRecipe",
+    "ProbeTraining",
+    "RECIPE_TYPES",
+    "Recipe",
+    "Section",
+    "TokenizerSection",
+    "apply_overrides",
+    "backbone_arguments",
+    "load_recipe",
+    "packaged_recipes",
+    "recipe_from_dict",
+    "recipe_names",
+    "recipe_path",
+    "typed_recipe",
+]
+
 # The folder of the packaged recipe files: this package's own.
 RECIPE_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
-
-# Entries a pre-training recipe written before they existed may lack: one
-# device, float32, no accumulation, no rematerialization, the tokenizer's
-# own pad piece and punctuation kept; and `training.rebuild`, a switch
-# given on the command line (`--set training.rebuild=True`) that lets a run
-# rebuild what a changed recipe invalidates in its output directory.
-PRETRAINING_DEFAULTS = {
-    "tokenizer": {"pad_token": None, "remove_punctuation": False},
-    "training": {
-        "dtype_policy": "float32",
-        "gradient_accumulation_steps": 1,
-        "remat": False,
-        "rebuild": False,
-    },
-    "distribution": {"strategy": "none", "mesh_shape": None},
-}
-
-
-def _rule(expected, test):
-    """A check of one entry: raises a `ValueError` unless `test(value)`."""
-
-    def check(name, value):
-        if not test(value):
-            raise ValueError(
-                f"`{name}` must be {expected}. Received: {name}={value!r}"
-            )
-
-    return check
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-_COUNT = _rule("an int >= 0", lambda v: _is_int(v) and v >= 0)
-_POSITIVE = _rule("a number > 0", lambda v: _is_number(v) and v > 0)
-_NON_NEGATIVE = _rule("a number >= 0", lambda v: _is_number(v) and v >= 0)
-_PROBABILITY = _rule(
-    "a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1
-)
-_FRACTION = _rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
-_CROP_SCALE = _rule(
-    "a pair (low, high) with 0 < low <= high <= 1",
-    lambda v: (
-        isinstance(v, (tuple, list))
-        and len(v) == 2
-        and all(_is_number(x) for x in v)
-        and 0 < v[0] <= v[1] <= 1
-    ),
-)
-_IMAGE_SHAPE = _rule(
-    "(height, width, channels), three positive ints",
-    lambda v: (
-        isinstance(v, (tuple, list))
-        and len(v) == 3
-        and all(_is_int(x) and x >= 1 for x in v)
-    ),
-)
-_FLAG = _rule("a bool", lambda v: isinstance(v, bool))
-_TEXT = _rule("a str", lambda v: isinstance(v, str))
-
-# The rules of recipe entries, as `"section.key": (check, may_be_none)`.
-# `check_recipe` applies them to every entry present and not `None` (a recipe
-# lacking an entry, or leaving it `None`, is not checked here). An override
-# may set `None` only where the recipe's value is `None` or `may_be_none`.
-RECIPE_RULES = {
-    "backbone.preset": (_TEXT, True),
-    "backbone.image_shape": (_IMAGE_SHAPE, True),
-    "backbone.patch_size": (check_positive_int, False),
-    "backbone.hidden_dim": (check_positive_int, False),
-    "backbone.num_layers": (check_positive_int, False),
-    "backbone.num_heads": (check_positive_int, False),
-    "backbone.intermediate_dim": (check_positive_int, False),
-    "decoder.decoder_hidden_dim": (check_positive_int, False),
-    "decoder.decoder_num_layers": (check_positive_int, False),
-    "decoder.decoder_num_heads": (check_positive_int, False),
-    "decoder.decoder_intermediate_dim": (check_positive_int, False),
-    "decoder.context_length": (check_positive_int, False),
-    "data.source": (_TEXT, True),
-    "data.source_size": (check_positive_int, False),
-    "data.train_examples": (check_positive_int, True),
-    "data.eval_examples": (check_positive_int, True),
-    "data.test_examples": (check_positive_int, True),
-    "data.num_classes": (check_positive_int, False),
-    "data.train_dir": (_TEXT, True),
-    "data.eval_dir": (_TEXT, True),
-    "data.root": (_TEXT, True),
-    "data.schema": (_TEXT, True),
-    "data.allow_anomalies": (_FLAG, False),
-    "data.crop_scale": (_CROP_SCALE, False),
-    "data.flip_probability": (_PROBABILITY, False),
-    "tokenizer.vocabulary_size": (check_positive_int, False),
-    "tokenizer.model": (_TEXT, True),
-    "tokenizer.pad_token": (_TEXT, True),
-    "tokenizer.remove_punctuation": (_FLAG, False),
-    "head.num_heads": (check_positive_int, True),
-    "head.freeze_backbone": (_FLAG, False),
-    "head.dropout": (_FRACTION, False),
-    "training.batch_size": (check_positive_int, False),
-    "training.eval_batch_size": (check_positive_int, False),
-    "training.steps": (check_positive_int, False),
-    "training.steps_per_epoch": (check_positive_int, False),
-    "training.epochs": (check_positive_int, False),
-    "training.warmup_steps": (_COUNT, False),
-    "training.warmup_epochs": (_NON_NEGATIVE, False),
-    "training.gradient_accumulation_steps": (check_positive_int, False),
-    "training.peak_learning_rate": (_POSITIVE, False),
-    "training.final_learning_rate": (_NON_NEGATIVE, False),
-    "training.weight_decay": (_NON_NEGATIVE, False),
-    "training.layer_decay": (_POSITIVE, True),
-    "training.clipnorm": (_POSITIVE, True),
-    "training.pixel_loss_weight": (_NON_NEGATIVE, False),
-    "training.remat": (_FLAG, False),
-    "training.rebuild": (_FLAG, False),
-    "initialize.preset": (_TEXT, True),
-    # Its form is checked by `keras_aimv2.distribution.check_strategy`.
-    "distribution.mesh_shape": (None, True),
-}
 
 
 def recipe_names():
@@ -156,7 +86,8 @@ def recipe_names():
 
     Returns:
         A list of str, e.g. `["aimv2_1b", ..., "tiny_scenes_cpu"]`: the
-        `.py` files of `RECIPE_DIRECTORY` without their suffix.
+        `.py` files of `RECIPE_DIRECTORY` without their suffix (those
+        starting with `_` are the package's own modules).
     """
     return sorted(
         name[: -len(".py")]
@@ -227,7 +158,7 @@ def packaged_recipes():
                 "name": name,
                 "paper": recipe.get("paper"),
                 "summary": lines[0].strip() if lines else "",
-                "command": "probe" if "head" in recipe else "pretrain",
+                "command": recipe_type(recipe).KIND,
                 "path": path,
             }
         )
@@ -235,7 +166,7 @@ def packaged_recipes():
 
 
 def load_recipe(name_or_path):
-    """Read `RECIPE` from a recipe file, or from a packaged recipe by name.
+    """Read `RECIPE` from a recipe file, or a packaged recipe by name.
 
     Args:
         name_or_path: str. The path of a `.py` file defining `RECIPE`, used
@@ -244,37 +175,92 @@ def load_recipe(name_or_path):
             `"tiny_scenes_cpu.py"`), found from any working directory.
 
     Returns:
-        A deep copy of the recipe dict, its values checked by
-        `check_recipe`.
+        The typed recipe: a `PretrainingRecipe`, or a `ProbeRecipe` when
+        `RECIPE` has a `head` section.
 
     Raises:
-        ValueError: when no such file or packaged recipe exists (the
-            message lists the packaged names), or the file is not valid
-            Python (the message gives `path:line`), or defines no valid
-            `RECIPE`.
+        ValueError: naming the file, when no such file or packaged recipe
+            exists (the message lists the packaged names), the file is not
+            valid Python or fails (the message gives `path:line`), defines
+            no dict `RECIPE`, or its recipe has an unknown entry, lacks one
+            without a default, or holds a value its type refuses (the
+            message names the entry, the value and what was expected).
 
     Example:
 
     >>> recipe = load_recipe("tiny_scenes_cpu")  # doctest: +SKIP
-    >>> recipe["paper"]  # doctest: +SKIP
-    'AIMv2 (arXiv:2411.14402), Table A1 scaled down for a CPU'
+    >>> recipe.training.steps  # doctest: +SKIP
+    600
     """
     found = recipe_path(name_or_path)
-    recipe = _run_recipe_file(found).get("RECIPE")
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe file {found!r} must define a dict RECIPE.")
-    missing = [s for s in SECTIONS if s not in recipe]
-    if missing:
-        raise ValueError(f"Recipe {found!r} lacks sections {missing}.")
+    values = _run_recipe_file(found).get("RECIPE")
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"Recipe file {found!r} must define a dict RECIPE. Received: "
+            f"RECIPE={values!r:.200}"
+        )
     try:
-        check_recipe(recipe)
+        return recipe_from_dict(values)
     except ValueError as error:
         raise ValueError(f"Recipe file {found!r}: {error}") from None
-    return copy.deepcopy(recipe)
+
+
+def recipe_from_dict(values):
+    """The typed recipe of `values`, a recipe's dict.
+
+    `values` may be a recipe file's `RECIPE` or the `recipe.json` a run
+    wrote (its tuples written as lists), from this version or an earlier
+    one: entries an earlier version did not write take their defaults.
+
+    Args:
+        values: dict. The recipe's entries, by section.
+
+    Returns:
+        A `ProbeRecipe` when `values` has a `head` section, else a
+        `PretrainingRecipe`.
+
+    Raises:
+        ValueError: naming the entry that is unknown, missing, or of a
+            value its type refuses.
+    """
+    return recipe_type(values).from_dict(values)
+
+
+def typed_recipe(recipe, recipe_class):
+    """`recipe` as a `recipe_class`: a typed recipe as it is, a dict typed.
+
+    Args:
+        recipe: a typed recipe, or a dict of a recipe's entries.
+        recipe_class: `PretrainingRecipe` or `ProbeRecipe`. The kind of
+            recipe the caller runs.
+
+    Raises:
+        ValueError: for a recipe of the other kind (naming the command that
+            runs it), or a dict that is not a valid recipe.
+    """
+    if isinstance(recipe, dict):
+        found = recipe_type(recipe)
+        if found is recipe_class:
+            return recipe_class.from_dict(recipe)
+    elif isinstance(recipe, recipe_class):
+        return recipe
+    else:
+        found = type(recipe)
+    if found in RECIPE_TYPES:
+        name = recipe.get("name") if isinstance(recipe, dict) else recipe.name
+        raise ValueError(
+            f"Recipe {name!r} is a {found.KIND} recipe: run it with `aimv2 "
+            f"{found.KIND}`, not `aimv2 {recipe_class.KIND}`."
+        )
+    raise ValueError(
+        f"A recipe must be a {recipe_class.__name__} (see `load_recipe`) or "
+        f"a dict. Received: {type(recipe).__name__}"
+    )
 
 
 def _run_recipe_file(path):
-    """The globals of recipe file `path`; a `ValueError` on a syntax error."""
+    """The globals of recipe file `path`; a `ValueError` naming the file
+    and line of a syntax error or of the error the file raised."""
     try:
         return runpy.run_path(path)
     except SyntaxError as error:
@@ -282,36 +268,54 @@ def _run_recipe_file(path):
             f"Recipe file {path!r} is not valid Python: "
             f"{error.filename}:{error.lineno}: {error.msg}"
         ) from None
+    except Exception as error:
+        frames = [
+            frame
+            for frame in traceback.extract_tb(error.__traceback__)
+            if os.path.abspath(frame.filename) == os.path.abspath(path)
+        ]
+        where = f"{path}:{frames[-1].lineno}" if frames else path
+        raise ValueError(
+            f"Recipe file {path!r} failed at {where}: "
+            f"{type(error).__name__}: {error}"
+        ) from None
 
 
 def apply_overrides(recipe, overrides):
-    """Set `section.key=value` entries in a recipe, then check the recipe.
+    """The recipe with `section.key=value` entries set, checked whole.
 
-    Values are read as Python literals (`100`, `1e-3`, `(64, 64, 3)`,
-    `None`), or kept as strings when they are not one. Each must have the
-    type of the recipe's entry: an int for an int (not a bool), a number
-    for a float, a tuple or list of the same length (and element types) for
-    a tuple, a str for a str, anything for an entry the recipe leaves
-    `None`; `None` only where `RECIPE_RULES` allows it. The whole recipe is
-    then checked by `check_recipe`, before anything is built.
+    Each value is read as a Python literal (`100`, `1e-3`, `(64, 64, 3)`,
+    `None`, `True`), or kept as text when it is not one (`runs/x`), then
+    converted to the entry's type: an int for an int (not a bool), a
+    number for a float, a tuple or list of the right length and element
+    types for a tuple, text for a str, `None` only where the type allows
+    it. The new recipe is then checked whole (entries that depend on each
+    other), before anything is built.
 
     Args:
-        recipe: dict. The recipe, changed in place and returned.
-        overrides: list of str, each `dotted.key=value`.
+        recipe: `PretrainingRecipe` or `ProbeRecipe`. Left unchanged.
+        overrides: list of str, each `section.key=value` (or `key=value`
+            for a top-level entry, such as `output_dir`).
+
+    Returns:
+        A new recipe of the same type.
 
     Raises:
-        ValueError: naming the entry, the value and what was expected.
+        ValueError: naming the entry, the value and what was expected, or
+            the unknown section or key (with the known ones).
 
     Example:
 
     >>> recipe = load_recipe("tiny_scenes_cpu")  # doctest: +SKIP
-    >>> apply_overrides(recipe, ["training.steps=200"])  # doctest: +SKIP
-    >>> recipe["training"]["steps"]  # doctest: +SKIP
+    >>> overrides = ["training.steps=200"]
+    >>> recipe = apply_overrides(recipe, overrides)  # doctest: +SKIP
+    >>> recipe.training.steps  # doctest: +SKIP
     200
 
     `training.steps=abc` (or `=0`) raises "`training.steps` must be a
     positive int. Received: training.steps='abc'".
     """
+    values = recipe.to_dict()
     for override in overrides:
         key, separator, text = override.partition("=")
         if not separator:
@@ -319,136 +323,42 @@ def apply_overrides(recipe, overrides):
                 f"Overrides are `section.key=value`. Received: {override!r}"
             )
         key = key.strip()
-        *parents, leaf = key.split(".")
-        node = recipe
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                sections = sorted(
-                    k for k, v in node.items() if isinstance(v, dict)
-                )
+        section_name, dot, name = key.rpartition(".")
+        section, node = type(recipe), values
+        if dot:
+            sections = _section_names(section)
+            if section_name not in sections:
+                close = difflib.get_close_matches(section_name, sections, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ValueError(
-                    f"Unknown recipe section {part!r} in {override!r}. "
-                    f"Known: {sections}"
+                    f"Unknown recipe section {section_name!r} in "
+                    f"{override!r}.{hint} Known: {sorted(sections)}"
                 )
-            node = node[part]
-        if leaf not in node:
+            section = field_type(section, section_name)[0]
+            node = values[section_name]
+        if name not in section.entry_names():
+            raise unknown_key_error(section, name, override)
+        kind, rule = field_type(section, name)
+        if isinstance(kind, type) and issubclass(kind, Section):
             raise ValueError(
-                f"Unknown recipe key {key!r} in {override!r}. Known keys "
-                f"here: {sorted(node)}"
+                f"`{key}` is a section: set its entries, e.g. "
+                f"{key}.{kind.entry_names()[0]}=... Received: {override!r}"
             )
-        node[leaf] = _overridden(key, node[leaf], _literal(text.strip()))
-    check_recipe(recipe)
-    return recipe
+        node[name] = convert(key, kind, rule, _literal(text.strip()))
+    return type(recipe).from_dict(values)
 
 
-def check_recipe(recipe):
-    """Check the values of a recipe against `RECIPE_RULES`.
-
-    Every entry of the table that the recipe holds, and that is not `None`,
-    must pass its rule (a positive int, a learning rate > 0, ...). Entries
-    the table does not name, and sections of another kind of recipe (a
-    probe's `head`), are left as they are.
-
-    Args:
-        recipe: dict. A recipe.
-
-    Raises:
-        ValueError: naming the first bad entry, its value and what was
-            expected.
-    """
-    for name, (check, _) in RECIPE_RULES.items():
-        node = recipe
-        for part in name.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None and check is not None:
-            check(name, node)
-
-
-def with_pretraining_defaults(recipe):
-    """A copy of a pre-training recipe with `PRETRAINING_DEFAULTS` filled in."""
-    recipe = copy.deepcopy(recipe)
-    for section, defaults in PRETRAINING_DEFAULTS.items():
-        recipe[section] = {**defaults, **(recipe.get(section) or {})}
-    return recipe
-
-
-def backbone_arguments(section):
-    """`AIMV2Backbone` arguments of a recipe's `backbone` section.
-
-    The section lists the arguments, or names a size of
-    `keras_aimv2.BACKBONE_CONFIGS` under `size`, optionally with overrides.
-    """
-    from keras_aimv2.configs import BACKBONE_CONFIGS
-
-    arguments = dict(section)
-    size = arguments.pop("size", None)
-    if size is None:
-        return arguments
-    if size not in BACKBONE_CONFIGS:
-        raise ValueError(
-            f"Unknown backbone size {size!r}. Known sizes: "
-            f"{sorted(BACKBONE_CONFIGS)}"
-        )
-    return {**BACKBONE_CONFIGS[size], **arguments}
-
-
-def _overridden(name, old, value):
-    """`value` as entry `name` holding `old`, after checking its type."""
-    check, may_be_none = RECIPE_RULES.get(name, (None, False))
-    if value is None and (old is None or may_be_none):
-        return None
-    if check is not None:
-        check(name, value)
-    try:
-        return _like(old, value)
-    except TypeError:
-        raise ValueError(
-            f"`{name}` must be {_kind(old)}, as in the recipe ({old!r}). "
-            f"Received: {name}={value!r}"
-        ) from None
-
-
-def _like(old, value):
-    """`value` in the form of `old`; a `TypeError` when it has another."""
-    if old is None:
-        return value
-    if isinstance(old, bool) or isinstance(value, bool):
-        fits = isinstance(old, bool) and isinstance(value, bool)
-    elif isinstance(old, int):
-        fits = isinstance(value, int)
-    elif isinstance(old, float):
-        fits = isinstance(value, (int, float))
-        value = float(value) if fits else value
-    elif isinstance(old, tuple):
-        if not isinstance(value, (tuple, list)) or len(value) != len(old):
-            raise TypeError
-        return tuple(_like(o, v) for o, v in zip(old, value, strict=True))
-    elif isinstance(old, list):
-        fits = isinstance(value, (tuple, list))
-        value = list(value) if fits else value
-    else:
-        fits = isinstance(value, type(old))
-    if not fits:
-        raise TypeError
-    return value
-
-
-def _kind(old):
-    if isinstance(old, bool):
-        return "a bool"
-    if isinstance(old, int):
-        return "an int"
-    if isinstance(old, float):
-        return "a number"
-    if isinstance(old, tuple):
-        return f"a tuple or list of {len(old)} values of the same types"
-    if isinstance(old, list):
-        return "a list or tuple"
-    return f"a {type(old).__name__}"
+def _section_names(recipe_class):
+    return [
+        name
+        for name in recipe_class.entry_names()
+        if isinstance(field_type(recipe_class, name)[0], type)
+        and issubclass(field_type(recipe_class, name)[0], Section)
+    ]
 
 
 def _literal(text):
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text

@@ -20,7 +20,7 @@ pixels, randomly initialised; probe a trained one with
     aimv2 probe probe_fashion_mnist \\
         --set backbone.preset=runs/fmnist_pretrain/preset/backbone
 
-The `decoder` and `tokenizer` sections are empty: a probe needs neither.
+A probe has no `decoder` and no `tokenizer` section: it needs neither.
 `head.freeze_backbone=False` (with, e.g., `training.layer_decay=0.75` and a
 lower `training.peak_learning_rate`) fine-tunes the whole encoder instead.
 """
@@ -42,8 +42,6 @@ RECIPE = {
         "num_heads": 2,
         "intermediate_dim": 384,
     },
-    "decoder": {},
-    "tokenizer": {},
     "data": {
         "train_examples": None,  # None: all 60,000.
         "test_examples": None,  # None: all 10,000.
