@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import os
+import runpy
+import sys
 
 import keras
 import keras_hub
@@ -32,6 +34,8 @@ from transformers.initialization import no_init_weights
 import keras_aimv2
 from keras_aimv2 import conversion
 from keras_aimv2.cli import main as aimv2
+from keras_aimv2.configs import ENCODER_SIZES
+from keras_aimv2.configs import parameter_count
 from keras_aimv2.models import aimv2_presets
 
 TOLERANCE = 1e-4
@@ -151,6 +155,7 @@ def test_small_transformers_parity_through_preset(small, small_preset):
     assert backbone.count_params() == aimv2_presets.backbone_parameter_count(
         64, 2, 128, patch_size=14, num_patches=16
     )
+    assert backbone.count_params() == parameter_count(backbone.get_config())
     with open(os.path.join(small_preset, conversion.CONVERSION_FILE)) as f:
         saved = json.load(f)
     assert saved["layout"] == "transformers"
@@ -184,7 +189,7 @@ def test_config_json_gives_heads_and_epsilon(small, tmp_path):
 
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
-    """The real AIMv2-L 224 configuration (309M parameters)."""
+    """The real AIMv2-L 224 configuration (`ENCODER_SIZES["large"]`)."""
     model = hf_vision_model(seed=2, **LARGE)
     directory = tmp_path_factory.mktemp("large")
     path = save_state_dict(model.state_dict(), directory / "model.safetensors")
@@ -200,7 +205,7 @@ def test_large_224_parity(large):
     preset = aimv2_presets.backbone_presets["aimv2_large_patch14_224"]
     assert converted.config == preset["config"]
     assert backbone.count_params() == preset["metadata"]["params"]
-    assert backbone.count_params() == 309_197_824
+    assert backbone.count_params() == ENCODER_SIZES["large"].parameters
     difference = max_difference(backbone(large["images"]), large["expected"])
     record("large-224", difference)
     assert difference < TOLERANCE
@@ -599,6 +604,43 @@ def test_bfloat16_checkpoints_are_read_as_float32(small, tmp_path):
     )
 
 
+def test_bfloat16_checkpoint_converts_to_its_float32_upcast(small, tmp_path):
+    """A bfloat16 checkpoint gives the weights of its float32 upcast."""
+    halves = {k: v.to(torch.bfloat16) for k, v in small["state_dict"].items()}
+    bfloat16 = save_state_dict(halves, tmp_path / "bfloat16.safetensors")
+    upcast = save_state_dict(
+        {k: v.float() for k, v in halves.items()},
+        tmp_path / "float32.safetensors",
+    )
+    ours = conversion.load_checkpoint(bfloat16, num_heads=2).backbone
+    reference = conversion.load_checkpoint(upcast, num_heads=2).backbone
+    assert len(ours.weights) == len(reference.weights)
+    for weight, expected in zip(ours.weights, reference.weights, strict=True):
+        assert weight.path == expected.path
+        np.testing.assert_array_equal(to_numpy(weight), to_numpy(expected))
+    np.testing.assert_array_equal(
+        to_numpy(ours(small["images"])), to_numpy(reference(small["images"]))
+    )
+    # The weights hold the bfloat16 values, not the float32 originals.
+    scale = to_numpy(ours.encoder.final_norm.scale)
+    np.testing.assert_array_equal(scale, halves["rms_norm.weight"].float())
+    assert not np.array_equal(
+        scale, small["state_dict"]["rms_norm.weight"].numpy()
+    )
+
+
+def test_unreadable_dtype_is_refused_by_name(small, tmp_path):
+    state_dict = dict(small["state_dict"])
+    key = "rms_norm.weight"
+    state_dict[key] = state_dict[key].to(torch.float8_e4m3fn)
+    path = save_state_dict(state_dict, tmp_path / "model.safetensors")
+    with pytest.raises(conversion.CheckpointError) as error:
+        conversion.read_safetensors(path)
+    message = str(error.value)
+    assert f"Key {key!r} in {path} has dtype F8_E4M3" in message
+    assert "BF16" in message
+
+
 def test_pickle_checkpoints_are_refused(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     path.write_bytes(b"not read")
@@ -629,6 +671,16 @@ def test_command_line(small, tmp_path, capsys):
         aimv2(["convert", small["path"]])
     assert exit_info.value.code == 2
     assert "usage: aimv2 convert" in capsys.readouterr().err
+
+
+def test_module_command_line(capsys, monkeypatch):
+    # `python -m keras_aimv2.conversion` is `aimv2 convert`.
+    monkeypatch.setattr(sys, "argv", ["keras_aimv2.conversion", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("keras_aimv2.conversion", run_name="__main__")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "usage: aimv2 convert" in printed and "--preset-name" in printed
 
 
 def pil_resize(image, size):
@@ -706,7 +758,8 @@ def test_presets_list_every_released_checkpoint():
     assert set(presets) == expected
     assert set(keras_aimv2.AIMV2Backbone.presets) == expected
     large = presets["aimv2_large_patch14_224"]["metadata"]
-    assert large["params"] == 309_197_824
+    large_parameters = ENCODER_SIZES["large"].parameters
+    assert large["params"] == large_parameters
     assert large["imagenet_top1"] == 86.6
     assert large["source"] == "apple/aimv2-large-patch14-224"
     assert presets["aimv2_3b_patch14_448"]["metadata"]["imagenet_top1"] == 89.5
@@ -715,7 +768,7 @@ def test_presets_list_every_released_checkpoint():
     )
     native = presets["aimv2_large_patch14_native"]["metadata"]
     assert native["imagenet_top1"] == 87.3 and native["resolution"] is None
-    assert native["params"] == 309_197_824 - 256 * 1024
+    assert native["params"] == large_parameters - 256 * 1024
     distilled = presets["aimv2_large_patch14_336_distilled"]["metadata"]
     assert distilled["imagenet_top1"] is None
     assert all(p["metadata"]["path"] == "aimv2" for p in presets.values())

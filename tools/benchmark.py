@@ -30,44 +30,18 @@ import sys
 import tempfile
 import time
 
+# Backbone and decoder sizes by name, from the table of named sizes
+# (`keras_aimv2.configs.ENCODER_SIZES` and `DECODER_SIZES`).
 WORKLOADS = {
     "tiny": {
-        "backbone": {
-            "image_shape": (64, 64, 3),
-            "patch_size": 8,
-            "hidden_dim": 192,
-            "num_layers": 6,
-            "num_heads": 3,
-            "intermediate_dim": 512,
-        },
-        "decoder": {
-            "decoder_hidden_dim": 192,
-            "decoder_num_layers": 4,
-            "decoder_num_heads": 3,
-            "decoder_intermediate_dim": 512,
-            "vocabulary_size": 1000,
-            "context_length": 32,
-        },
+        "backbone": "mini",
+        "decoder": "mini",
         "batch_size": 16,
         "steps_per_repeat": 10,
     },
     "small": {
-        "backbone": {
-            "image_shape": (224, 224, 3),
-            "patch_size": 14,
-            "hidden_dim": 384,
-            "num_layers": 12,
-            "num_heads": 6,
-            "intermediate_dim": 1024,
-        },
-        "decoder": {
-            "decoder_hidden_dim": 384,
-            "decoder_num_layers": 4,
-            "decoder_num_heads": 6,
-            "decoder_intermediate_dim": 1024,
-            "vocabulary_size": 32000,
-            "context_length": 77,
-        },
+        "backbone": "small",
+        "decoder": "small",
         "batch_size": 8,
         "steps_per_repeat": 1,
     },

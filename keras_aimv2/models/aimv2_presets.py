@@ -18,11 +18,12 @@ names are this package's own: the `from_preset` of its classes
 registered in keras-hub's preset tables; keras-hub's own classes
 (`keras_hub.models.Backbone.from_preset`) load the directory.
 
-The parameter counts are those of the backbone without any head, computed
-from the configuration; the ImageNet-1k top-1 accuracies are the frozen-trunk
-attentive-probe results reported in "Multimodal Autoregressive Pre-training
-of Large Vision Encoders" (Fini et al., CVPR 2025, arXiv:2411.14402), `None`
-where the paper reports none.
+Sizes and accuracies come from the table of named sizes,
+`keras_aimv2.configs.ENCODER_SIZES`. The parameter counts are those of the
+backbone without any head, computed from the configuration; the ImageNet-1k
+top-1 accuracies are the frozen-trunk attentive-probe results reported in
+"Multimodal Autoregressive Pre-training of Large Vision Encoders" (Fini et
+al., CVPR 2025, arXiv:2411.14402), `None` where the paper reports none.
 """
 
 import json
@@ -35,32 +36,17 @@ from keras_aimv2.compat import MODEL_WEIGHTS_FILE
 from keras_aimv2.compat import SHARDED_MODEL_WEIGHTS_CONFIG_FILE
 from keras_aimv2.compat import TASK_CONFIG_FILE
 from keras_aimv2.compat import TASK_WEIGHTS_FILE
-from keras_aimv2.configs import swiglu_hidden_dim
+from keras_aimv2.configs import ENCODER_SIZES
+from keras_aimv2.configs import parameter_count
 
 PRESETS_ENV_VARIABLE = "KERAS_AIMV2_PRESETS"
 DEFAULT_PRESETS_DIR = os.path.join("~", ".keras_aimv2", "presets")
 CONVERSION_COMMAND = "aimv2 convert"
 
-# width, heads of every released size (24 blocks, patch 14, head width 128).
-_SIZES = {
-    "large": (1024, 8),
-    "huge": (1536, 12),
-    "1B": (2048, 16),
-    "3B": (3072, 24),
-}
-# Reported ImageNet-1k top-1 (frozen trunk) at 224 / 336 / 448 pixels.
-_TOP1 = {
-    "large": {224: 86.6, 336: 87.6, 448: 87.9},
-    "huge": {224: 87.5, 336: 88.2, 448: 88.6},
-    "1B": {224: 88.1, 336: 88.7, 448: 89.0},
-    "3B": {224: 88.5, 336: 89.2, 448: 89.5},
-}
-_SIZE_NAMES = {
-    "large": "AIMv2-L",
-    "huge": "AIMv2-H",
-    "1B": "AIMv2-1B",
-    "3B": "AIMv2-3B",
-}
+# Resolutions (pixels) every released size has a checkpoint at.
+RELEASED_RESOLUTIONS = (224, 336, 448)
+# Reported top-1 of the native-resolution AIMv2-L (frozen trunk).
+_NATIVE_TOP1 = 87.3
 
 
 def backbone_parameter_count(
@@ -72,6 +58,9 @@ def backbone_parameter_count(
     num_channels=3,
 ):
     """Parameter count of an `AIMV2Backbone` of the given configuration.
+
+    The count of `keras_aimv2.configs.parameter_count`, from the sizes
+    rather than a configuration.
 
     Args:
         hidden_dim: int. Width of the tokens.
@@ -91,49 +80,43 @@ def backbone_parameter_count(
     >>> backbone_parameter_count(1024, 24, 2816, num_patches=256)
     309197824
     """
-    patch_embedding = (
-        patch_size * patch_size * num_channels * hidden_dim  # projection
-        + hidden_dim  # projection bias
-        + hidden_dim  # RMSNorm
-        + (num_patches or 0) * hidden_dim  # learned positions
-    )
-    block = (
-        4 * hidden_dim * hidden_dim  # qkv and output projections
-        + 3 * hidden_dim * intermediate_dim  # gate, up and down
-        + 2 * hidden_dim  # two RMSNorms
-    )
-    return patch_embedding + num_layers * block + hidden_dim
-
-
-def _preset(size, resolution, suffix=""):
-    width, heads = _SIZES[size]
-    native = resolution is None
     config = {
-        "image_shape": (None, None, 3) if native else (resolution,) * 2 + (3,),
-        "patch_size": 14,
-        "hidden_dim": width,
-        "num_layers": 24,
-        "num_heads": heads,
-        "intermediate_dim": swiglu_hidden_dim(width),
-        "position_embedding": "sincos" if native else "learned",
-        "layer_norm_epsilon": 1e-5,
+        # One row of `num_patches` patches: any grid of that many will do.
+        "image_shape": (patch_size, patch_size * (num_patches or 0))
+        + (num_channels,),
+        "patch_size": patch_size,
+        "hidden_dim": hidden_dim,
+        "num_layers": num_layers,
+        "intermediate_dim": intermediate_dim,
+        "position_embedding": "sincos" if num_patches is None else "learned",
     }
-    num_patches = None if native else (resolution // 14) ** 2
-    hf_id = f"aimv2-{size}-patch14-{'native' if native else resolution}"
+    return parameter_count(config)
+
+
+def _preset(size_name, resolution, suffix=""):
+    size = ENCODER_SIZES[size_name]
+    native = resolution is None
+    config = size.config(image_size=resolution)
+    if native:
+        config["image_shape"] = (None, None, 3)
+    config["position_embedding"] = "sincos" if native else "learned"
+    config["layer_norm_epsilon"] = 1e-5
+    hf_id = f"aimv2-{size.checkpoint_size}-patch{size.patch_size}-"
+    hf_id += "native" if native else str(resolution)
     hf_id += f"-{suffix}" if suffix else ""
     if native:
         description = (
-            f"{_SIZE_NAMES[size]} vision encoder at native resolution: 2D "
+            f"{size.release} vision encoder at native resolution: 2D "
             "sine-cosine positions, images of any size whose sides are "
-            "multiples of 14 pixels."
+            f"multiples of {size.patch_size} pixels."
         )
-        top1 = 87.3
+        top1 = _NATIVE_TOP1
     else:
         description = (
-            f"{_SIZE_NAMES[size]} vision encoder, patch 14, pre-trained at "
-            f"{resolution}x{resolution} pixels"
+            f"{size.release} vision encoder, patch {size.patch_size}, "
+            f"pre-trained at {resolution}x{resolution} pixels"
         )
-        top1 = None if suffix else _TOP1[size][resolution]
+        top1 = None if suffix else size.imagenet_top1[resolution]
     if suffix == "distilled":
         description += ", distilled from a larger AIMv2 encoder."
     elif suffix == "lit":
@@ -146,9 +129,7 @@ def _preset(size, resolution, suffix=""):
     return {
         "metadata": {
             "description": description,
-            "params": backbone_parameter_count(
-                width, 24, config["intermediate_dim"], 14, num_patches
-            ),
+            "params": parameter_count(config),
             "resolution": resolution,
             "imagenet_top1": top1,
             "source": f"apple/{hf_id}",
@@ -165,9 +146,11 @@ def _name(hf_id):
 
 def _all_presets():
     presets = []
-    for size in _SIZES:
-        for resolution in (224, 336, 448):
-            presets.append(_preset(size, resolution))
+    for name, size in ENCODER_SIZES.items():
+        if size.release is None:
+            continue
+        for resolution in RELEASED_RESOLUTIONS:
+            presets.append(_preset(name, resolution))
     presets.append(_preset("large", None))
     presets.append(_preset("large", 224, "distilled"))
     presets.append(_preset("large", 336, "distilled"))
@@ -176,7 +159,8 @@ def _all_presets():
 
 
 # Every released AIMv2 checkpoint: preset name -> metadata and the
-# `AIMV2Backbone` configuration it converts to.
+# `AIMV2Backbone` configuration it converts to, from the released sizes of
+# `keras_aimv2.configs.ENCODER_SIZES`.
 backbone_presets = _all_presets()
 
 
