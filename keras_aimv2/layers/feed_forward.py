@@ -58,6 +58,9 @@ class SwiGLUFeedForward(keras.layers.Layer):
         gate, up = ops.split(self.gate_up(tokens), 2, axis=-1)
         return ops.reshape(self.down(ops.silu(gate) * up), ops.shape(x))
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
     def get_config(self):
         config = super().get_config()
         config.update({"intermediate_dim": self.intermediate_dim})

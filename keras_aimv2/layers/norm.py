@@ -44,6 +44,9 @@ class RMSNorm(keras.layers.Layer):
         x = x * ops.cast(self.scale, "float32")
         return ops.cast(x, self.compute_dtype)
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
     def get_config(self):
         config = super().get_config()
         config.update({"epsilon": self.epsilon})
