@@ -1,19 +1,80 @@
 """Images as sequences of patches: the unit AIMv2 embeds and regresses."""
 
+import keras
 from keras import ops
 
+DATA_FORMATS = ("channels_last", "channels_first")
 
-def patchify(images, patch_size):
+
+def standardize_data_format(data_format):
+    """`data_format` checked, or Keras's image data format when `None`.
+
+    Args:
+        data_format: str or `None`. `"channels_last"` (images `(batch,
+            height, width, channels)`) or `"channels_first"` (`(batch,
+            channels, height, width)`); `None` reads
+            `keras.config.image_data_format()`.
+
+    Returns:
+        `"channels_last"` or `"channels_first"`.
+
+    Example:
+
+    >>> standardize_data_format("Channels_First")
+    'channels_first'
+    """
+    if data_format is None:
+        return keras.config.image_data_format()
+    standardized = str(data_format).lower()
+    if standardized not in DATA_FORMATS:
+        raise ValueError(
+            f"`data_format` must be one of {DATA_FORMATS} or `None`. "
+            f"Received: data_format={data_format!r}"
+        )
+    return standardized
+
+
+def image_layout(shape, data_format):
+    """`(batch, height, width, channels)` of an image shape in `data_format`.
+
+    Args:
+        shape: tuple of 4 ints or `None`s, in the order of `data_format`.
+        data_format: `"channels_last"` or `"channels_first"`.
+
+    Returns:
+        A tuple `(batch, height, width, channels)`.
+
+    Example:
+
+    >>> image_layout((2, 3, 32, 48), "channels_first")
+    (2, 32, 48, 3)
+    """
+    batch, *rest = tuple(shape)
+    if data_format == "channels_first":
+        channels, height, width = rest
+    else:
+        height, width, channels = rest
+    return batch, height, width, channels
+
+
+def patchify(images, patch_size, data_format=None):
     """Cut images into non-overlapping square patches in raster order.
 
     Each patch is flattened in (row, column, channel) order with the channel
     fastest, which is the layout of the pixel targets of AIMv2 and of a
-    channels-last convolution kernel of size and stride `patch_size`.
+    channels-last convolution kernel of size and stride `patch_size`,
+    whatever the layout of `images`: channels-first images are transposed
+    here, in the same transpose that gathers the patches.
 
     Args:
-        images: tensor of shape `(batch, height, width, channels)`, with height
-            and width multiples of `patch_size`.
+        images: tensor of shape `(batch, height, width, channels)`, or
+            `(batch, channels, height, width)` with
+            `data_format="channels_first"`; height and width multiples of
+            `patch_size`.
         patch_size: int. Side of a patch in pixels.
+        data_format: str or `None`. `"channels_last"` or
+            `"channels_first"`. Defaults to `None`,
+            `keras.config.image_data_format()`.
 
     Returns:
         Tensor of shape `(batch, num_patches, patch_size**2 * channels)`.
@@ -22,20 +83,30 @@ def patchify(images, patch_size):
 
     >>> patchify(np.zeros((2, 28, 28, 3)), 14).shape
     (2, 4, 588)
+    >>> patchify(np.zeros((2, 3, 28, 28)), 14, "channels_first").shape
+    (2, 4, 588)
     """
-    shape = ops.shape(images)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    rows, cols = height // patch_size, width // patch_size
-    x = ops.reshape(
-        images, (batch, rows, patch_size, cols, patch_size, channels)
+    data_format = standardize_data_format(data_format)
+    batch, height, width, channels = image_layout(
+        ops.shape(images), data_format
     )
-    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    rows, cols = height // patch_size, width // patch_size
+    if data_format == "channels_first":
+        x = ops.reshape(
+            images, (batch, channels, rows, patch_size, cols, patch_size)
+        )
+        x = ops.transpose(x, (0, 2, 4, 3, 5, 1))
+    else:
+        x = ops.reshape(
+            images, (batch, rows, patch_size, cols, patch_size, channels)
+        )
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
     return ops.reshape(
         x, (batch, rows * cols, patch_size * patch_size * channels)
     )
 
 
-def unpatchify(patches, grid_size, patch_size, channels=3):
+def unpatchify(patches, grid_size, patch_size, channels=3, data_format=None):
     """Invert `patchify`: patches in raster order back to images.
 
     Args:
@@ -44,20 +115,33 @@ def unpatchify(patches, grid_size, patch_size, channels=3):
         grid_size: tuple `(rows, cols)`, the number of patches per side.
         patch_size: int. Side of a patch in pixels.
         channels: int. Channels per pixel. Defaults to `3`.
+        data_format: str or `None`. Layout of the returned images,
+            `"channels_last"` or `"channels_first"`. Defaults to `None`,
+            `keras.config.image_data_format()`.
 
     Returns:
         Tensor of shape `(batch, rows * patch_size, cols * patch_size,
-        channels)`.
+        channels)`, or `(batch, channels, rows * patch_size, cols *
+        patch_size)` for `"channels_first"`.
+
+    Example:
+
+    >>> unpatchify(np.zeros((2, 4, 588)), (2, 2), 14).shape
+    (2, 28, 28, 3)
     """
+    data_format = standardize_data_format(data_format)
     rows, cols = grid_size
     batch = ops.shape(patches)[0]
     x = ops.reshape(
         patches, (batch, rows, cols, patch_size, patch_size, channels)
     )
-    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
-    return ops.reshape(
-        x, (batch, rows * patch_size, cols * patch_size, channels)
-    )
+    if data_format == "channels_first":
+        x = ops.transpose(x, (0, 5, 1, 3, 2, 4))
+        shape = (batch, channels, rows * patch_size, cols * patch_size)
+    else:
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        shape = (batch, rows * patch_size, cols * patch_size, channels)
+    return ops.reshape(x, shape)
 
 
 def normalize_patches(patches, epsilon=1e-6):

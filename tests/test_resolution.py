@@ -107,6 +107,26 @@ def test_backbone_preset_loads_at_a_higher_resolution(tmp_path):
             np.testing.assert_array_equal(value, original[path])
 
 
+def test_channels_first_backbone_moves_to_another_resolution():
+    keras.utils.set_random_seed(0)
+    last = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
+    first = keras_aimv2.AIMV2Backbone(
+        **{**TINY_BACKBONE, "image_shape": (3, 32, 32)},
+        data_format="channels_first",
+    )
+    first.set_weights(last.get_weights())
+    larger_last = last.with_image_shape((48, 40, 3))
+    larger_first = first.with_image_shape((3, 48, 40))
+    assert larger_first.image_shape == (3, 48, 40)
+    assert larger_first.patch_embedding.grid_size == (6, 5)
+    images = np.random.default_rng(0).normal(size=(2, 48, 40, 3))
+    np.testing.assert_allclose(
+        to_numpy(larger_first(np.transpose(images, (0, 3, 1, 2)))),
+        to_numpy(larger_last(images)),
+        atol=1e-5,
+    )
+
+
 def test_resolution_errors_name_the_argument():
     backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
     with pytest.raises(ValueError, match="3 channels.*image_shape"):

@@ -7,8 +7,10 @@ from keras import ops
 from keras_aimv2.api import register
 from keras_aimv2.layers import initializers
 from keras_aimv2.layers.norm import RMSNorm
+from keras_aimv2.patches import image_layout
 from keras_aimv2.patches import patchify
 from keras_aimv2.patches import sincos_position_embedding
+from keras_aimv2.patches import standardize_data_format
 
 POSITION_EMBEDDINGS = ("learned", "sincos")
 
@@ -25,6 +27,11 @@ class PatchEmbedding(keras.layers.Layer):
     models) or a fixed 2D sine-cosine table computed for the input's grid
     (the native-resolution model, any image size).
 
+    Channels-first images are accepted with
+    `data_format="channels_first"`: `keras_aimv2.patches.patchify` reads
+    them in the transpose that gathers the patches, so the patch layout,
+    the kernel and the outputs are those of the same images channels-last.
+
     As in AIMv2's trainer, the projection's kernel is Xavier-uniform (that
     of the flattened convolution weight, whose fans are the same) and its
     bias keeps PyTorch's `Conv2d` default, `U(-b, b)` with `b = 1 /
@@ -37,6 +44,10 @@ class PatchEmbedding(keras.layers.Layer):
             grid, initialised from N(0, 0.02)) or `"sincos"`. Defaults to
             `"learned"`.
         layer_norm_epsilon: float. RMSNorm epsilon. Defaults to `1e-5`.
+        data_format: str or `None`. `"channels_last"` (images `(batch,
+            height, width, channels)`) or `"channels_first"` (`(batch,
+            channels, height, width)`). Defaults to `None`,
+            `keras.config.image_data_format()`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Example:
@@ -52,6 +63,7 @@ class PatchEmbedding(keras.layers.Layer):
         patch_size,
         position_embedding="learned",
         layer_norm_epsilon=1e-5,
+        data_format=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,6 +77,7 @@ class PatchEmbedding(keras.layers.Layer):
         self.patch_size = patch_size
         self.position_embedding_type = position_embedding
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.data_format = standardize_data_format(data_format)
         self.projection = keras.layers.Dense(
             hidden_dim,
             kernel_initializer=initializers.XavierUniform(),
@@ -76,7 +89,8 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        _, height, width, channels = input_shape
+        self._check_rank(input_shape)
+        _, height, width, channels = image_layout(input_shape, self.data_format)
         if channels is None:
             raise ValueError(
                 "The channel count of the images must be known. Received "
@@ -97,7 +111,7 @@ class PatchEmbedding(keras.layers.Layer):
                     "use position_embedding='sincos' for images of any "
                     f"size. Received images of shape {tuple(input_shape)}."
                 )
-            self._check_sides(height, width)
+            self._check_sides(input_shape)
             self.grid_size = (
                 height // self.patch_size,
                 width // self.patch_size,
@@ -112,29 +126,44 @@ class PatchEmbedding(keras.layers.Layer):
     def patch_dim(self):
         return self.patch_size * self.patch_size * self.num_channels
 
-    def _check_sides(self, height, width):
+    def _layout_name(self):
+        if self.data_format == "channels_first":
+            return "(batch, channels, height, width)"
+        return "(batch, height, width, channels)"
+
+    def _check_rank(self, shape):
+        if len(shape) != 4:
+            raise ValueError(
+                f"`images` must have shape {self._layout_name()} "
+                f"(data_format={self.data_format!r}). Received: "
+                f"images.shape={tuple(shape)}"
+            )
+
+    def _check_sides(self, shape):
+        _, height, width, _ = image_layout(shape, self.data_format)
         for side, value in (("height", height), ("width", width)):
             if value is not None and value % self.patch_size:
                 raise ValueError(
                     f"The image {side} must be a multiple of patch_size="
-                    f"{self.patch_size}. Received images with {side}={value}."
+                    f"{self.patch_size}. Received images of shape "
+                    f"{tuple(shape)}, read as {self._layout_name()} "
+                    f"(data_format={self.data_format!r}): {side}={value}."
                 )
 
     def _check_images(self, shape):
-        if len(shape) != 4:
+        self._check_rank(shape)
+        _, height, width, channels = image_layout(shape, self.data_format)
+        if channels != self.num_channels:
             raise ValueError(
-                "`images` must have shape (batch, height, width, channels). "
-                f"Received: images.shape={tuple(shape)}"
+                f"`images` must have {self.num_channels} channels in "
+                f"{self._layout_name()} order (data_format="
+                f"{self.data_format!r}). Received: images.shape="
+                f"{tuple(shape)}"
             )
-        if shape[-1] != self.num_channels:
-            raise ValueError(
-                f"`images` must have {self.num_channels} channels. "
-                f"Received: images.shape={tuple(shape)}"
-            )
-        self._check_sides(shape[1], shape[2])
+        self._check_sides(shape)
         if self.grid_size is not None:
             expected = tuple(g * self.patch_size for g in self.grid_size)
-            if tuple(shape[1:3]) not in (expected, (None, None)):
+            if (height, width) not in (expected, (None, None)):
                 raise ValueError(
                     f"`images` must be {expected[0]}x{expected[1]} pixels, "
                     "the size of the learned position embedding. Received: "
@@ -143,20 +172,18 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, images):
         self._check_images(images.shape)
-        x = self.projection(patchify(images, self.patch_size))
-        x = self.norm(x)
+        patches = patchify(images, self.patch_size, self.data_format)
+        x = self.norm(self.projection(patches))
         if self.position_embedding_type == "learned":
-            return x + self.position_embedding[None]
-        shape = ops.shape(images)
+            return x + ops.cast(self.position_embedding, x.dtype)[None]
+        _, height, width, _ = image_layout(ops.shape(images), self.data_format)
         table = sincos_position_embedding(
-            shape[1] // self.patch_size,
-            shape[2] // self.patch_size,
-            self.hidden_dim,
+            height // self.patch_size, width // self.patch_size, self.hidden_dim
         )
         return x + ops.cast(table, x.dtype)[None]
 
     def compute_output_shape(self, input_shape):
-        batch, height, width, _ = input_shape
+        batch, height, width, _ = image_layout(input_shape, self.data_format)
         if height is None or width is None:
             return (batch, None, self.hidden_dim)
         num_patches = (height // self.patch_size) * (width // self.patch_size)
@@ -170,6 +197,7 @@ class PatchEmbedding(keras.layers.Layer):
                 "patch_size": self.patch_size,
                 "position_embedding": self.position_embedding_type,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "data_format": self.data_format,
             }
         )
         return config

@@ -13,6 +13,8 @@ from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_presets import check_preset_files
 from keras_aimv2.models.aimv2_presets import check_weights_file
 from keras_aimv2.models.aimv2_presets import resolve_preset
+from keras_aimv2.patches import image_layout
+from keras_aimv2.patches import standardize_data_format
 
 
 @register
@@ -36,10 +38,18 @@ class AIMV2Backbone(NamedPresets, Backbone):
     continued from the 224 pixel ones. `extract_features` averages the
     features of chosen blocks.
 
+    Images are channels-last by default; with
+    `data_format="channels_first"` (or `keras.config.image_data_format()`
+    set so) they are `(batch, channels, height, width)` and `image_shape`
+    is `(channels, height, width)`. The patch embedding reads them in that
+    layout (`keras_aimv2.patches.patchify`), so the features, the weights
+    and the patch order are the same for the same images in either layout.
+
     Args:
-        image_shape: tuple `(height, width, channels)`. Use `(None, None, 3)`
-            with `position_embedding="sincos"` for images of any size.
-            Defaults to `(224, 224, 3)`.
+        image_shape: tuple `(height, width, channels)`, or `(channels,
+            height, width)` with `data_format="channels_first"`. Use
+            `(None, None, 3)` with `position_embedding="sincos"` for images
+            of any size. Defaults to `(224, 224, 3)`.
         patch_size: int. Side of a square patch. Defaults to `14`.
         hidden_dim: int. Width of the tokens. Defaults to `1024`.
         num_layers: int. Number of transformer blocks. Defaults to `24`.
@@ -48,6 +58,10 @@ class AIMV2Backbone(NamedPresets, Backbone):
         position_embedding: str. `"learned"` or `"sincos"` (2D sine-cosine,
             for the native-resolution model). Defaults to `"learned"`.
         layer_norm_epsilon: float. RMSNorm epsilon. Defaults to `1e-5`.
+        data_format: str or `None`. `"channels_last"` or
+            `"channels_first"`, the layout of the images and of
+            `image_shape`. Defaults to `None`,
+            `keras.config.image_data_format()`.
         dtype: string or `keras.mixed_precision.DTypePolicy`. The dtype of
             the layers' computations and weights. Defaults to `None`.
         **kwargs: other keyword arguments passed to `keras.Model`.
@@ -56,6 +70,15 @@ class AIMV2Backbone(NamedPresets, Backbone):
 
     >>> backbone = AIMV2Backbone(**BACKBONE_CONFIGS["tiny"])
     >>> backbone(np.zeros((2, 32, 32, 3))).shape
+    (2, 16, 64)
+
+    Channels-first images:
+
+    >>> backbone = AIMV2Backbone(
+    ...     **{**BACKBONE_CONFIGS["tiny"], "image_shape": (3, 32, 32)},
+    ...     data_format="channels_first",
+    ... )
+    >>> backbone(np.zeros((2, 3, 32, 32))).shape
     (2, 16, 64)
     """
 
@@ -69,16 +92,25 @@ class AIMV2Backbone(NamedPresets, Backbone):
         intermediate_dim=2816,
         position_embedding="learned",
         layer_norm_epsilon=1e-5,
+        data_format=None,
         dtype=None,
         **kwargs,
     ):
+        data_format = standardize_data_format(data_format)
         image_shape = tuple(image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                "`image_shape` must have three entries, "
+                f"{_layout_name(data_format)} for data_format="
+                f"{data_format!r}. Received: image_shape={image_shape}"
+            )
         # === Layers ===
         self.patch_embedding = PatchEmbedding(
             hidden_dim=hidden_dim,
             patch_size=patch_size,
             position_embedding=position_embedding,
             layer_norm_epsilon=layer_norm_epsilon,
+            data_format=data_format,
             dtype=dtype,
             name="patch_embedding",
         )
@@ -105,10 +137,17 @@ class AIMV2Backbone(NamedPresets, Backbone):
         self.intermediate_dim = intermediate_dim
         self.position_embedding = position_embedding
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.data_format = data_format
 
     @property
     def num_channels(self):
-        return self.image_shape[-1]
+        """Channels of the images, wherever `data_format` puts them."""
+        return image_layout((None, *self.image_shape), self.data_format)[3]
+
+    @property
+    def image_size(self):
+        """`(height, width)` of `image_shape`, in either data format."""
+        return image_layout((None, *self.image_shape), self.data_format)[1:3]
 
     def extract_features(self, images, feature_layers=None):
         """Patch features of the last block, or averaged over chosen blocks.
@@ -119,8 +158,9 @@ class AIMV2Backbone(NamedPresets, Backbone):
         AIMv2 probes the last layer's features.
 
         Args:
-            images: float tensor `(batch, height, width, channels)`,
-                normalized.
+            images: float tensor `(batch, height, width, channels)`, or
+                `(batch, channels, height, width)` with
+                `data_format="channels_first"`, normalized.
             feature_layers: tuple of ints or `None`. Block indices, negative
                 ones counting from the end. Defaults to `None`, the last
                 block.
@@ -149,9 +189,10 @@ class AIMV2Backbone(NamedPresets, Backbone):
         backbone needs no resampling.
 
         Args:
-            image_shape: tuple `(height, width, channels)`. The new input
-                shape; sides must be multiples of `patch_size` for learned
-                positions, and the channels must not change.
+            image_shape: tuple `(height, width, channels)`, or `(channels,
+                height, width)` for a channels-first backbone. The new
+                input shape; sides must be multiples of `patch_size` for
+                learned positions, and the channels must not change.
 
         Returns:
             A new `AIMV2Backbone`.
@@ -164,11 +205,15 @@ class AIMV2Backbone(NamedPresets, Backbone):
         (1, 36, 64)
         """
         image_shape = tuple(image_shape)
-        if len(image_shape) != 3 or image_shape[-1] != self.num_channels:
+        if (
+            len(image_shape) != 3
+            or image_layout((None, *image_shape), self.data_format)[3]
+            != self.num_channels
+        ):
             raise ValueError(
-                "`image_shape` must be (height, width, channels) with the "
-                f"backbone's {self.num_channels} channels. Received: "
-                f"image_shape={image_shape}"
+                f"`image_shape` must be {_layout_name(self.data_format)} "
+                f"with the backbone's {self.num_channels} channels. "
+                f"Received: image_shape={image_shape}"
             )
         config = {**self.get_config(), "image_shape": image_shape}
         resized = type(self).from_config(config)
@@ -235,9 +280,16 @@ class AIMV2Backbone(NamedPresets, Backbone):
                 "intermediate_dim": self.intermediate_dim,
                 "position_embedding": self.position_embedding,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "data_format": self.data_format,
             }
         )
         return config
+
+
+def _layout_name(data_format):
+    if data_format == "channels_first":
+        return "(channels, height, width)"
+    return "(height, width, channels)"
 
 
 def copy_weights(source, target, source_backbone, target_backbone, origin):

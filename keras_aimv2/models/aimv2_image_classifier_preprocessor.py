@@ -9,6 +9,8 @@ from keras_aimv2.compat import check_file_exists
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_presets import NamedPresets
+from keras_aimv2.patches import image_layout
+from keras_aimv2.patches import standardize_data_format
 
 
 @register
@@ -21,7 +23,8 @@ class AIMV2ImageClassifierPreprocessor(
     offset`); labels and sample weights pass through unchanged. Loaded from
     a preset that holds no image converter (a bare backbone preset), it
     builds the default converter for the backbone's image size, with
-    ImageNet normalization as in AIMv2 pre-training.
+    ImageNet normalization as in AIMv2 pre-training, in the backbone's
+    data format.
 
     Args:
         image_converter: `AIMV2ImageConverter` or `None`. Turns images in
@@ -54,12 +57,23 @@ class AIMV2ImageClassifierPreprocessor(
 
         Returns:
             `kwargs`, with an `image_converter` at the backbone's image
-            size when it had none and the preset holds no converter.
+            size and data format when it had none and the preset holds no
+            converter.
         """
         if "image_converter" not in kwargs and not check_file_exists(
             preset, IMAGE_CONVERTER_CONFIG_FILE
         ):
-            height, width = config["config"]["image_shape"][:2]
+            backbone_config = config["config"]
+            # As the backbone reads it: a config without `data_format`
+            # takes Keras's image data format.
+            data_format = standardize_data_format(
+                backbone_config.get("data_format")
+            )
+            _, height, width, _ = image_layout(
+                (None, *backbone_config["image_shape"]), data_format
+            )
             size = None if height is None or width is None else (height, width)
-            kwargs["image_converter"] = cls.image_converter_cls(image_size=size)
+            kwargs["image_converter"] = cls.image_converter_cls(
+                image_size=size, data_format=data_format
+            )
         return kwargs

@@ -5,6 +5,7 @@ from keras_hub.layers import ImageConverter
 from keras_aimv2.api import register
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_presets import NamedPresets
+from keras_aimv2.patches import standardize_data_format
 
 # The normalization of AIMv2's released pre-training code (apple/ml-l3m).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,6 +73,10 @@ class AIMV2ImageConverter(NamedPresets, ImageConverter):
         offset: float, tuple of floats or `None`. Added after `scale`.
             Defaults to ImageNet's `-mean / std`.
         interpolation: str. Resizing method. Defaults to `"bicubic"`.
+        data_format: str or `None`. `"channels_last"` or
+            `"channels_first"`, the layout of the images in and out; it
+            must match the backbone's. Defaults to `None`,
+            `keras.config.image_data_format()`.
         **kwargs: other keyword arguments passed to
             `keras_hub.layers.ImageConverter` (`crop_to_aspect_ratio`,
             `antialias`, `name`, ...).
@@ -91,6 +96,7 @@ class AIMV2ImageConverter(NamedPresets, ImageConverter):
         scale=IMAGENET_SCALE,
         offset=IMAGENET_OFFSET,
         interpolation="bicubic",
+        data_format=None,
         **kwargs,
     ):
         if image_size is not None:
@@ -107,5 +113,14 @@ class AIMV2ImageConverter(NamedPresets, ImageConverter):
             scale=scale,
             offset=offset,
             interpolation=interpolation,
+            data_format=standardize_data_format(data_format),
             **kwargs,
         )
+
+    def get_config(self):
+        # keras-hub's `ImageConverter` does not serialize its data format;
+        # without it a channels-first converter would come back in the
+        # global format.
+        config = super().get_config()
+        config.update({"data_format": self.data_format})
+        return config
