@@ -44,10 +44,11 @@ class AIMV2ImageClassifier(NamedPresets, ImageClassifier):
     `feature_layers` averages chosen blocks instead (each through the
     encoder's final RMSNorm, see `AIMV2Backbone.extract_features`).
 
-    Inputs are images `(batch, height, width, channels)`, normalized, or
-    raw images in `[0, 255]` when a `preprocessor` is attached (as through
-    `from_preset`); outputs are logits `(batch, num_classes)` unless
-    `activation` is set. `fit` takes integer labels.
+    Inputs are images in the backbone's data format (`(batch, height,
+    width, channels)` by default), normalized, or raw images in `[0, 255]`
+    when a `preprocessor` is attached (as through `from_preset`); outputs
+    are logits `(batch, num_classes)` unless `activation` is set. `fit`
+    takes integer labels.
 
     Args:
         backbone: `keras_aimv2.AIMV2Backbone`. The encoder.
@@ -254,6 +255,16 @@ class AIMV2ImageClassifier(NamedPresets, ImageClassifier):
             self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
         )
 
+    def compile_from_config(self, config):
+        """Recompile from a saved `.keras` file, optimizer state included.
+
+        Keras skips this for a model whose `compile` is overridden, and a
+        loaded classifier would come back uncompiled; `config` holds the
+        optimizer, loss and metrics this classifier was compiled with.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Instantiate an `AIMV2ImageClassifier` from a preset.
@@ -305,7 +316,7 @@ class AIMV2ImageClassifier(NamedPresets, ImageClassifier):
             converter = preprocessor.image_converter
             if converter is not None and converter.image_size is not None:
                 config = converter.get_config()
-                config["image_size"] = tuple(backbone.image_shape[:2])
+                config["image_size"] = tuple(backbone.image_size)
                 preprocessor.image_converter = type(converter).from_config(
                     config
                 )
