@@ -1,4 +1,8 @@
-"""Building blocks: attention masks by perturbation, patches, norms."""
+"""Building blocks: attention masks by perturbation, patches, positions.
+
+Each public layer also runs through keras-hub's layer harness in
+`tests/test_layer_harness.py`.
+"""
 
 import numpy as np
 import pytest
@@ -8,7 +12,6 @@ from keras_aimv2.layers import MultimodalCausalDecoder
 from keras_aimv2.layers import PatchEmbedding
 from keras_aimv2.layers import PrefixSampler
 from keras_aimv2.layers import PrefixViTEncoder
-from keras_aimv2.layers import RMSNorm
 from keras_aimv2.layers import prefix_attention_mask
 from keras_aimv2.patches import normalize_patches
 from keras_aimv2.patches import patchify
@@ -142,6 +145,13 @@ def test_patchify_layout_and_inverse():
     )
     restored = unpatchify(patches, (2, 3), 4, channels=3)
     np.testing.assert_array_equal(to_numpy(restored), images)
+    # Channels-first images give the same patches, and come back so.
+    transposed = np.transpose(images, (0, 3, 1, 2))
+    np.testing.assert_array_equal(
+        to_numpy(patchify(transposed, 4, "channels_first")), patches
+    )
+    restored = unpatchify(patches, (2, 3), 4, 3, "channels_first")
+    np.testing.assert_array_equal(to_numpy(restored), transposed)
 
 
 def test_normalize_patches_uses_unbiased_variance():
@@ -177,14 +187,6 @@ def test_sincos_patch_embedding_accepts_any_grid():
     )
     assert tuple(layer(np.zeros((1, 8, 16, 3))).shape) == (1, 8, 16)
     assert tuple(layer(np.zeros((1, 12, 4, 3))).shape) == (1, 3, 16)
-
-
-def test_rms_norm_matches_definition():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 3, 8)).astype("float32")
-    y = to_numpy(RMSNorm()(x))
-    expected = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(y, expected, atol=1e-5)
 
 
 def test_prefix_sampler_draws_in_range_and_changes_between_steps():

@@ -1,9 +1,13 @@
-"""Configs, `.keras` files and keras-hub presets round-trip exactly."""
+"""Configs, `.keras` files and keras-hub presets round-trip exactly.
+
+The backbone's config and `.keras` round trips are keras-hub's harness
+checks (`tests/test_backbone.py`); the pre-trainer's, and presets, are
+here.
+"""
 
 import keras
 import keras_hub
 import numpy as np
-from conftest import TINY_BACKBONE
 from conftest import make_batch
 from conftest import tiny_pretrainer
 from conftest import to_numpy
@@ -24,14 +28,6 @@ def _assert_same_outputs(first, second, inputs):
         np.testing.assert_array_equal(
             to_numpy(actual[key]), to_numpy(expected[key])
         )
-
-
-def test_backbone_config_round_trip():
-    backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
-    config = backbone.get_config()
-    restored = keras_aimv2.AIMV2Backbone.from_config(config)
-    assert restored.get_config() == config
-    assert restored.count_params() == backbone.count_params()
 
 
 def test_pretrainer_config_round_trip(pretrainer):
@@ -56,21 +52,6 @@ def test_keras_file_round_trip(pretrainer, tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(to_numpy(saved), to_numpy(loaded))
-
-
-def test_sincos_backbone_keras_file_round_trip(tmp_path):
-    backbone = keras_aimv2.AIMV2Backbone(
-        **{**TINY_BACKBONE, "image_shape": (None, None, 3)},
-        position_embedding="sincos",
-    )
-    images = np.random.default_rng(0).normal(size=(1, 24, 40, 3))
-    path = str(tmp_path / "backbone.keras")
-    backbone.save(path)
-    restored = keras.saving.load_model(path)
-    np.testing.assert_array_equal(
-        to_numpy(restored(images)), to_numpy(backbone(images))
-    )
-    assert tuple(restored(images).shape) == (1, 15, 64)
 
 
 def test_presets_round_trip(pretrainer, tmp_path):

@@ -11,6 +11,7 @@ from _data_helpers import make_captions
 from _data_helpers import train_tiny_tokenizer
 from _data_helpers import write_tiny_shards
 from conftest import TINY_BACKBONE
+from keras_hub.src.tests.test_case import TestCase
 
 import keras_aimv2
 from keras_aimv2.cli import main as aimv2
@@ -193,3 +194,24 @@ def test_saved_in_preset(tmp_path, tokenizer):
     assert loaded.pad_token_id == 1 and loaded.normalize
     captions = make_captions(4, seed=6)
     assert loaded(captions) == tokenizer(captions)
+
+
+class AIMV2TokenizerHarnessTest(TestCase):
+    """keras-hub's preprocessing-layer harness: config and serialization
+    round trips, direct calls, `tf.data` (batched and not), Grain, and
+    `detokenize` giving back the (already clean) captions."""
+
+    @pytest.fixture(autouse=True)
+    def _proto(self, proto_path):
+        self.proto_path = proto_path
+
+    def test_tokenizer_basics(self):
+        captions = [caption.lower() for caption in make_captions(3, seed=7)]
+        # The ids SentencePiece itself gives the clean captions.
+        expected = _processor(self.proto_path).encode(captions)
+        self.run_preprocessing_layer_test(
+            cls=AIMV2Tokenizer,
+            init_kwargs={"proto": self.proto_path},
+            input_data=captions,
+            expected_output=expected,
+        )
