@@ -32,6 +32,10 @@ try:
     from keras_hub.src.utils import preset_utils as _preset_utils
 except ImportError:  # reported by `check_compatibility`, naming the hook
     _preset_utils = None
+try:
+    from keras_hub.src.utils import tensor_utils as _tensor_utils
+except ImportError:  # reported by `check_compatibility`, naming the hook
+    _tensor_utils = None
 
 # The declared and tested range (pyproject.toml's dependencies).
 KERAS_RANGE = ((3, 15), (4, 0))  # keras >= 3.15, < 4
@@ -372,7 +376,8 @@ def variables_kept_on_failure(model):
             raise
         return
     variables = list(model.variables)
-    if model.optimizer is not None:
+    # An uncompiled model has no `optimizer` (and `fit` will say so).
+    if getattr(model, "optimizer", None) is not None:
         # Built now rather than inside the call, as `fit` would build it,
         # so that its variables' initial values are kept too.
         if not model.optimizer.built:
@@ -454,6 +459,37 @@ class SpecialTokens:
     def _update_special_token_ids(self):
         self.resolve_special_tokens()
         super()._update_special_token_ids()
+
+
+# --- PyTorch: a keras-hub model's parameters as torch sees them ---
+#
+# Replaces: nothing public. On PyTorch a Keras layer is a `torch.nn.Module`
+# whose `parameters()` come from a `ParameterDict` it makes after building
+# (`Layer._track_variables`). keras-hub's functional models set attributes
+# with `object.__setattr__` until they are initialized, so that dict is
+# not registered as a submodule and `parameters()` is empty: PyTorch's
+# `DistributedDataParallel` then refuses the model. `Layer._track_variables`
+# made again once the model is initialized registers it.
+
+
+@_hook("keras.layers.Layer._track_variables on PyTorch (DDP's parameters)")
+def _check_track_variables():
+    if _backend() == "torch":
+        _method(keras.layers.Layer, "_track_variables", ["self"])
+
+
+def register_torch_parameters(model):
+    """Make `model.parameters()` list its variables, on PyTorch.
+
+    Args:
+        model: a built `keras.Model`.
+
+    Returns:
+        `model`.
+    """
+    if _backend() == "torch" and not any(True for _ in model.parameters()):
+        model._track_variables()
+    return model
 
 
 # --- Preprocessor: arguments of a preset that holds no preprocessor ---
@@ -561,6 +597,33 @@ def _check_preset_files():
     ):
         _preset_utils_attribute(name)
         _method(_preset_utils, name, parameters)
+
+
+# --- Preprocessors: keras-hub's input and output conversion ---
+#
+# Replaces: nothing public. keras-hub's own preprocessors decorate `call`
+# with `keras_hub.src.utils.tensor_utils.preprocessing_function`: inputs
+# become TensorFlow tensors where preprocessing needs them (strings), the
+# body runs in TensorFlow, and outputs come back as the backend's tensors,
+# or NumPy inside a Grain pipeline. keras-hub exports no public name for it.
+
+
+@_hook(
+    "keras_hub.src.utils.tensor_utils.preprocessing_function, the "
+    "decorator of keras-hub preprocessors' `call`"
+)
+def _check_preprocessing_function():
+    if _tensor_utils is None:
+        raise _HookMissing("keras_hub.src.utils.tensor_utils does not exist")
+    if not callable(getattr(_tensor_utils, "preprocessing_function", None)):
+        raise _HookMissing(
+            "keras_hub.src.utils.tensor_utils has no `preprocessing_function`"
+        )
+
+
+def preprocessing_function(function):
+    """keras-hub's decorator of a preprocessor's `call` (see above)."""
+    return _tensor_utils.preprocessing_function(function)
 
 
 def _local_directory(preset):

@@ -29,6 +29,7 @@ the whole batch.
 """
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -36,6 +37,9 @@ import weakref
 
 import keras
 import numpy as np
+
+from keras_aimv2 import objective
+from keras_aimv2.compat import register_torch_parameters
 
 STRATEGIES = ("none", "data_parallel", "sharded")
 MESH_AXES = ("data", "model")
@@ -295,16 +299,30 @@ class Distributed:
         )
 
     def wrap(self, model):
-        """Prepare `model` for training: DDP under PyTorch, else as is."""
-        if keras.config.backend() == "torch" and self.process_count > 1:
+        """Prepare `model` for this run's replicas, in place; returns it.
+
+        With several replicas under `tf.distribute` or PyTorch DDP, the
+        model's `batch_means` becomes `ReplicaMeans` (each replica's share
+        of the global batch's means); under PyTorch DDP the model is also
+        wrapped in `DistributedDataParallel`, whose `backward` averages the
+        processes' gradients, and trains through it (`ddp_train_step`).
+        JAX runs one global program per step and needs neither.
+        """
+        backend = keras.config.backend()
+        if backend == "torch" and self.process_count > 1:
             import torch
 
             device_ids = None
             if torch.cuda.is_available():
                 device_ids = [torch.cuda.current_device()]
-            _TORCH_DDP[model] = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=device_ids
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                register_torch_parameters(model), device_ids=device_ids
             )
+            _TORCH_DDP[model] = ddp
+            model.batch_means = ReplicaMeans()
+            model.train_step = functools.partial(ddp_train_step, model, ddp)
+        elif backend == "tensorflow" and self.num_replicas > 1:
+            model.batch_means = ReplicaMeans()
         return model
 
     def local_copy(self, model):
@@ -409,49 +427,90 @@ def replica():
     return 0, 1
 
 
-def sum_over_replicas(value):
-    """Sum of a statistic (no gradient) over the replicas of a step."""
-    backend = keras.config.backend()
-    if backend == "tensorflow":
-        context = tf_replica_context()
-        if context is not None:
-            return context.all_reduce("sum", value)
-    elif backend == "torch" and replica()[1] > 1:
-        import torch.distributed as dist
+class ReplicaMeans(objective.BatchMeans):
+    """`objective.BatchMeans` for replicas that each hold a slice of a batch.
 
-        value = value.detach().clone()
-        dist.all_reduce(value)
-    return value
-
-
-def tracked(share):
-    """What a replica records in a `Mean` metric for its share of a value.
-
-    The metric then reads the global batch's value: `tf.distribute` sums
-    the replicas' metric states (so the share times the replica count);
-    under PyTorch DDP every process records the sum of the shares; on JAX
-    the share is the value.
+    The one place where the objective meets the replicas: counts are summed
+    over them (`total`), so each replica's mean is its share of the global
+    batch's, and the shares sum to the mean of one device seeing the whole
+    batch. Metrics and the returned loss are adjusted to what each
+    backend's training step does with them (see `tracked`, `returned`).
     """
-    _, count = replica()
-    if count == 1:
-        return share
-    if keras.config.backend() == "torch":
-        return sum_over_replicas(share)
-    return share * count
+
+    def total(self, value):
+        """Sum of a statistic (no gradient) over the replicas of a step."""
+        backend = keras.config.backend()
+        if backend == "tensorflow":
+            context = tf_replica_context()
+            if context is not None:
+                return context.all_reduce("sum", value)
+        elif backend == "torch" and replica()[1] > 1:
+            import torch.distributed as dist
+
+            value = value.detach().clone()
+            dist.all_reduce(value)
+        return value
+
+    def split(self, value):
+        """This replica's share of a value every replica computes in full."""
+        return value / replica()[1]
+
+    def tracked(self, share):
+        """What a replica records in a `Mean` metric for its share.
+
+        The metric then reads the global batch's value: `tf.distribute`
+        sums the replicas' metric states (so the share times the replica
+        count); under PyTorch DDP every process records the sum of the
+        shares.
+        """
+        _, count = replica()
+        if count == 1:
+            return share
+        if keras.config.backend() == "torch":
+            return self.total(share)
+        return share * count
+
+    def returned(self, share, training):
+        """What `compute_loss` returns for this replica's share of the loss.
+
+        `tf.distribute` sums the replicas' gradients and Keras's loss
+        metric undoes its own scaling: the share. PyTorch DDP averages the
+        gradients, so a training step returns the share times the process
+        count, and an evaluation step the global loss, which Keras's metric
+        records as is.
+        """
+        _, count = replica()
+        if keras.config.backend() != "torch" or count == 1:
+            return share
+        return share * count if training else self.total(share)
 
 
-def returned_loss(share, training):
-    """What `compute_loss` returns for this replica's share of the loss.
+def ddp_train_step(model, ddp, data):
+    """Keras's PyTorch training step, with the forward pass under DDP.
 
-    `tf.distribute` sums the replicas' gradients and Keras's loss metric
-    undoes its own scaling: the share. PyTorch DDP averages the gradients,
-    so a training step returns the share times the process count, and an
-    evaluation step the global loss, which Keras's metric records as is.
+    `DistributedDataParallel` averages the gradients of the processes
+    during `backward`, so the optimizer applies the global gradient.
     """
-    _, count = replica()
-    if keras.config.backend() != "torch" or count == 1:
-        return share
-    return share * count if training else sum_over_replicas(share)
+    import torch
+
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    y_pred = ddp(x, training=True)
+    model.zero_grad()
+    loss = model.compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+    share = loss.detach() / replica()[1]
+    # Keras's own "loss" tracker, the first of `metrics` once compiled.
+    loss_tracker = next(m for m in model.metrics if m.name == "loss")
+    loss_tracker.update_state(
+        model.batch_means.tracked(share), sample_weight=len(x["images"])
+    )
+    loss = model.optimizer.scale_loss(loss)
+    loss.backward()
+    variables = model.trainable_weights[:]
+    with torch.no_grad():
+        model.optimizer.apply([v.value.grad for v in variables], variables)
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
 # === Memory accounting ===

@@ -5,26 +5,31 @@
 regresses the normalized pixels of patch `t`, counted only for patches after
 the prefix (`t >= M`); the output at BOS predicts the first text token and
 text position `j` the token `j + 1`. Both losses average over every counted
-patch or token of the batch, as the released trainer does. Under data
-parallelism the count is the global batch's (`sum_over_replicas`), so each
-replica returns its share of the global average and the combined gradient
-is that of one device seeing the whole batch. Each mean comes with its
-count, so that means over several batches stay exact (weighted by counts),
-and optional per-example weights (`sample_weight`, e.g. 0 for the padding
-that completes a last evaluation batch) scale every patch and token of an
-example.
+patch or token of the batch, as the released trainer does, so images with a
+short prefix weigh more. Optional per-example weights (`sample_weight`,
+e.g. 0 for the padding that completes a last evaluation batch) scale every
+patch and token of an example.
+
+The functions here return the sums over a batch and their counts, not
+means: a mean divides a sum by the count of the whole batch, which under
+data parallelism no single replica holds. `BatchMeans` divides on one
+device; `keras_aimv2.distribution` replaces it with the reduction over
+replicas when it prepares a model for a multi-replica run, so that each
+replica contributes its share of the global batch's mean.
 """
 
 from keras import ops
 
-from keras_aimv2.distribution import sum_over_replicas
 from keras_aimv2.patches import normalize_patches
 from keras_aimv2.patches import patchify
 
 
-def pixel_targets(images, patch_size):
-    """Per-patch normalized pixel targets of `images`, `(batch, I, P)`."""
-    return normalize_patches(patchify(images, patch_size))
+def pixel_targets(images, patch_size, data_format=None):
+    """Per-patch normalized pixel targets of `images`, `(batch, I, P)`.
+
+    `data_format` is the images' layout (`keras_aimv2.patches.patchify`).
+    """
+    return normalize_patches(patchify(images, patch_size, data_format))
 
 
 def pixel_target_weights(prefix_lengths, num_patches, sample_weight=None):
@@ -46,8 +51,8 @@ def text_target_weights(padding_mask, sample_weight=None):
     return _per_example(ops.cast(padding_mask, "float32"), sample_weight)
 
 
-def pixel_loss(pixel_predictions, targets, weights):
-    """Mean squared error over the counted patches and their values.
+def pixel_error_sum(pixel_predictions, targets, weights):
+    """Weighted sum of the per-patch mean squared errors, and its count.
 
     Args:
         pixel_predictions: `(batch, I - 1, P)`, prediction `i` for patch
@@ -57,17 +62,17 @@ def pixel_loss(pixel_predictions, targets, weights):
             (`pixel_target_weights`).
 
     Returns:
-        `(mean, count)`: the weighted mean over the global batch, and the
-        weights' global sum (the mean's weight when batches are averaged).
+        `(sum, count)`: float32 scalars, the weighted sum over the batch of
+        each counted patch's mean squared error over its values, and the
+        sum of the weights.
     """
     error = ops.cast(pixel_predictions, "float32") - targets[:, 1:]
     per_patch = ops.mean(ops.square(error), axis=-1)
-    count = _global_count(weights)
-    return ops.sum(per_patch * weights) / ops.maximum(count, 1.0), count
+    return ops.sum(per_patch * weights), ops.sum(weights)
 
 
-def text_loss_and_accuracy(text_logits, token_ids, weights):
-    """Next-token cross-entropy and accuracy over the target tokens.
+def text_sums(text_logits, token_ids, weights):
+    """Weighted sums of next-token cross-entropy and of correct guesses.
 
     Args:
         text_logits: `(batch, T, vocabulary)`, logits at `[BOS] t_1 ...
@@ -77,8 +82,7 @@ def text_loss_and_accuracy(text_logits, token_ids, weights):
             (`text_target_weights`).
 
     Returns:
-        `(loss, accuracy, count)`: weighted means over the global batch,
-        and the weights' global sum.
+        `(cross_entropy_sum, correct_sum, count)`: float32 scalars.
     """
     logits = ops.cast(text_logits, "float32")
     cross_entropy = ops.sparse_categorical_crossentropy(
@@ -88,14 +92,45 @@ def text_loss_and_accuracy(text_logits, token_ids, weights):
         ops.equal(ops.argmax(logits, axis=-1), ops.cast(token_ids, "int32")),
         "float32",
     )
-    # One count (and, distributed, one all-reduce) serves both means.
-    count = _global_count(weights)
-    denominator = ops.maximum(count, 1.0)
     return (
-        ops.sum(cross_entropy * weights) / denominator,
-        ops.sum(correct * weights) / denominator,
-        count,
+        ops.sum(cross_entropy * weights),
+        ops.sum(correct * weights),
+        ops.sum(weights),
     )
+
+
+def mean(total, count):
+    """`total / count`, dividing by at least 1 (a batch without targets adds
+    nothing)."""
+    return total / ops.maximum(count, 1.0)
+
+
+class BatchMeans:
+    """How a batch's sums and counts become its means, on one device.
+
+    `total` turns a statistic of the examples at hand into the batch's (the
+    identity here); `tracked` is what a `keras.metrics.Mean` records for a
+    mean, and `returned` what `compute_loss` returns for the loss. Replicas
+    that each hold a slice of the batch need the count of the whole batch
+    and contribute their share of its mean: `keras_aimv2.distribution`
+    subclasses this for them, and sets it on the model it prepares.
+    """
+
+    def total(self, value):
+        """The sum of a statistic over the whole batch."""
+        return value
+
+    def split(self, value):
+        """This device's share of a value every device computes in full."""
+        return value
+
+    def tracked(self, share):
+        """What a `keras.metrics.Mean` records for this share of a mean."""
+        return share
+
+    def returned(self, share, training):
+        """What `compute_loss` returns for this share of the loss."""
+        return share
 
 
 def _per_example(weights, sample_weight):
@@ -103,9 +138,3 @@ def _per_example(weights, sample_weight):
         return weights
     sample_weight = ops.cast(ops.reshape(sample_weight, (-1, 1)), "float32")
     return weights * sample_weight
-
-
-def _global_count(weights):
-    """The weights' sum over the global batch (a mean divides by at least
-    1, so that a batch without targets adds nothing)."""
-    return sum_over_replicas(ops.sum(weights))

@@ -218,18 +218,19 @@ def build_pretrainer(recipe, tokenizer_path, distributed=None):
             distributed.mesh_shape[1],
         )
     backbone = AIMV2Backbone(**arguments, dtype=training.dtype_policy)
-    height, width, _ = backbone.image_shape
+    height, width = backbone.image_size
     preprocessor = AIMV2PretrainerPreprocessor(
         tokenizer=tokenizer,
         image_converter=AIMV2ImageConverter(image_size=(height, width)),
-        context_length=decoder.context_length,
+        sequence_length=decoder.context_length,
+        patch_size=backbone.patch_size,
+        seed=training.seed,
     )
     pretrainer = AIMV2Pretrainer(
         backbone,
         **decoder.to_dict(),
         vocabulary_size=tokenizer.vocabulary_size(),
         pixel_loss_weight=training.pixel_loss_weight,
-        seed=training.seed,
         remat=training.remat,
         preprocessor=preprocessor,
     )
@@ -446,7 +447,7 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
         f"pre-training model {pretrainer.count_params():,}; "
         f"{_describe(distributed)}"
     )
-    image_size = tuple(pretrainer.backbone.image_shape[:2])
+    image_size = tuple(pretrainer.backbone.image_size)
     train, evaluation = _datasets(recipe, image_size, train_dir, eval_dir)
     train = distributed.distribute_dataset(train)
     if evaluation is not None:

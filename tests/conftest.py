@@ -17,6 +17,16 @@ xla_cpu.configure()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BACKBONE = keras_aimv2.BACKBONE_CONFIGS["tiny"]
 TINY_DECODER = keras_aimv2.DECODER_CONFIGS["tiny"]
+# The backbone of the keras-hub harness tests: as many patches (16) as
+# channels, which its channels-first check relies on (tests/test_backbone.py).
+HARNESS_BACKBONE = {
+    "image_shape": (32, 32, 3),
+    "patch_size": 8,
+    "hidden_dim": 16,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_dim": 32,
+}
 
 
 def make_batch(batch_size=4, seed=0, num_real_tokens=None):
@@ -31,12 +41,17 @@ def make_batch(batch_size=4, seed=0, num_real_tokens=None):
         num_real_tokens
     ).reshape(-1, 1)
     token_ids = rng.integers(2, vocabulary_size, size=(batch_size, length))
+    patch_size = TINY_BACKBONE["patch_size"]
+    num_patches = (height // patch_size) * (width // patch_size)
     return {
         "images": rng.normal(size=(batch_size, height, width, channels)).astype(
             "float32"
         ),
         "token_ids": np.where(padding_mask, token_ids, 0).astype("int32"),
         "padding_mask": padding_mask,
+        "prefix_lengths": rng.integers(1, num_patches, size=batch_size).astype(
+            "int32"
+        ),
     }
 
 
@@ -44,7 +59,7 @@ def tiny_pretrainer(seed=0, **overrides):
     keras.utils.set_random_seed(seed)
     backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
     return keras_aimv2.AIMV2Pretrainer(
-        backbone, **{**TINY_DECODER, "seed": seed, **overrides}
+        backbone, **{**TINY_DECODER, **overrides}
     )
 
 

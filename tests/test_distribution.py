@@ -19,6 +19,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import ROOT
 from conftest import TINY_BACKBONE
 from conftest import TINY_DECODER
@@ -30,8 +31,9 @@ from conftest import to_numpy
 
 import keras_aimv2
 from keras_aimv2 import distribution
+from keras_aimv2 import objective
 from keras_aimv2.cli import main
-from keras_aimv2.layers import prefix
+from keras_aimv2.models.aimv2_pretrainer_preprocessor import draw_prefix_lengths
 from keras_aimv2.training import compile_pretrainer
 
 CHECK = os.path.join(ROOT, "tools", "distributed_check.py")
@@ -314,7 +316,7 @@ def _free_port():
 def _train(steps, batch_size, batches, dtype="float32", accumulation=1):
     keras.utils.set_random_seed(0)
     backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE, dtype=dtype)
-    pretrainer = keras_aimv2.AIMV2Pretrainer(backbone, **TINY_DECODER, seed=0)
+    pretrainer = keras_aimv2.AIMV2Pretrainer(backbone, **TINY_DECODER)
     compile_pretrainer(
         pretrainer, {**TRAINING, "gradient_accumulation_steps": accumulation}
     )
@@ -402,18 +404,20 @@ def test_the_accumulated_gradient_of_an_update_is_clipped_once():
 # === The pieces ===
 
 
-def test_replicas_draw_their_own_slices_of_one_global_prefix_draw(
-    monkeypatch,
-):
-    tokens = np.zeros((4, 16, 8), "float32")
-    whole = prefix.PrefixSampler(seed=5)(np.zeros((8, 16, 8)), training=True)
-    slices = []
-    for index in (0, 1):
-        monkeypatch.setattr(prefix, "replica", lambda index=index: (index, 2))
-        sampler = prefix.PrefixSampler(seed=5)
-        slices.append(to_numpy(sampler(tokens, training=True)))
-    np.testing.assert_array_equal(np.concatenate(slices), to_numpy(whole))
-    assert not np.array_equal(slices[0], slices[1])
+def test_replicas_draw_the_prefixes_of_their_own_examples():
+    # Drawn per example, a replica's slice of a global batch draws what the
+    # whole batch draws for those examples: no replica arithmetic needed.
+    batch = make_batch(8, seed=7)
+    captions = tf.constant([f"caption {i}" for i in range(8)])
+    whole = draw_prefix_lengths(batch["images"], captions, 16, seed=5)
+    halves = [
+        draw_prefix_lengths(
+            batch["images"][i : i + 4], captions[i : i + 4], 16, seed=5
+        )
+        for i in (0, 4)
+    ]
+    np.testing.assert_array_equal(np.concatenate(halves), whole.numpy())
+    assert not np.array_equal(halves[0], halves[1])
 
 
 def test_layout_map_covers_the_large_weights_and_nothing_else():
@@ -492,6 +496,7 @@ def test_one_device_runs_are_untouched_by_the_distribution_code():
     assert distributed.distribute_dataset(dataset) is dataset
     pretrainer = tiny_pretrainer()
     assert distributed.wrap(pretrainer) is pretrainer
+    assert type(pretrainer.batch_means) is objective.BatchMeans
     assert distributed.local_copy(pretrainer) is pretrainer
 
 

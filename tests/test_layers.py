@@ -10,7 +10,6 @@ from conftest import to_numpy
 
 from keras_aimv2.layers import MultimodalCausalDecoder
 from keras_aimv2.layers import PatchEmbedding
-from keras_aimv2.layers import PrefixSampler
 from keras_aimv2.layers import PrefixViTEncoder
 from keras_aimv2.layers import prefix_attention_mask
 from keras_aimv2.patches import normalize_patches
@@ -94,6 +93,11 @@ def test_prefix_attention_mask_matches_definition():
                 assert mask[b, 0, i, j] == (j <= i or j < m)
 
 
+def _sequence(outputs):
+    """The decoder's image and text outputs as one sequence again."""
+    return np.concatenate([to_numpy(part) for part in outputs], axis=1)
+
+
 def _decoder():
     return MultimodalCausalDecoder(
         hidden_dim=32,
@@ -113,8 +117,8 @@ def test_decoder_is_causal_over_text(position):
     token_ids = rng.integers(0, 50, size=(2, 8)).astype("int32")
     changed_ids = token_ids.copy()
     changed_ids[:, position] = (changed_ids[:, position] + 1) % 50
-    before = decoder(features, token_ids)
-    after = decoder(features, changed_ids)
+    before = _sequence(decoder(features, token_ids))
+    after = _sequence(decoder(features, changed_ids))
     # 6 image tokens, then BOS: text token k sits at sequence index 7 + k.
     assert _changed_positions(before, after) == set(range(7 + position, 15))
 
@@ -127,7 +131,8 @@ def test_decoder_text_sees_every_image_patch():
     changed = features.copy()
     changed[:, 5] += 1.0
     positions = _changed_positions(
-        decoder(features, token_ids), decoder(changed, token_ids)
+        _sequence(decoder(features, token_ids)),
+        _sequence(decoder(changed, token_ids)),
     )
     # The last image token: itself, BOS and every text token change.
     assert positions == set(range(5, 15))
@@ -187,15 +192,3 @@ def test_sincos_patch_embedding_accepts_any_grid():
     )
     assert tuple(layer(np.zeros((1, 8, 16, 3))).shape) == (1, 8, 16)
     assert tuple(layer(np.zeros((1, 12, 4, 3))).shape) == (1, 3, 16)
-
-
-def test_prefix_sampler_draws_in_range_and_changes_between_steps():
-    sampler = PrefixSampler(seed=3)
-    tokens = np.zeros((256, 16, 4), "float32")
-    first = to_numpy(sampler(tokens, training=True))
-    second = to_numpy(sampler(tokens, training=True))
-    assert first.min() >= 1 and first.max() <= 15
-    assert set(first.tolist()) == set(range(1, 16))
-    assert (first != second).any()
-    evaluation = [to_numpy(sampler(tokens, training=False)) for _ in range(2)]
-    np.testing.assert_array_equal(evaluation[0], evaluation[1])

@@ -25,7 +25,7 @@ def reference_loss(batch, predictions, patch_size, alpha):
                 ].reshape(-1)
                 std = np.sqrt(patch.var(ddof=1) + 1e-6)
                 patches.append((patch - patch.mean()) / std)
-        prefix = predictions["prefix_lengths"][b]
+        prefix = batch["prefix_lengths"][b]
         for t in range(prefix, rows * cols):
             prediction = predictions["pixel_predictions"][b, t - 1]
             pixel_error += np.mean((prediction - patches[t]) ** 2)
@@ -62,6 +62,7 @@ def test_loss_matches_numpy_reference(alpha):
         ).astype("float32"),
         "prefix_lengths": np.array([1, 7, 15], "int32"),
     }
+    batch["prefix_lengths"] = predictions.pop("prefix_lengths")
     loss = pretrainer.compute_loss(x=batch, y_pred=predictions)
     expected, pixel, text, accuracy = reference_loss(
         batch, predictions, patch_size=8, alpha=alpha
@@ -89,6 +90,7 @@ def test_padding_and_prefix_patches_do_not_count():
         "text_logits": rng.normal(size=(2, 8, 100)).astype("float32"),
         "prefix_lengths": np.array([10, 10], "int32"),
     }
+    batch["prefix_lengths"] = predictions.pop("prefix_lengths")
     loss = to_numpy(pretrainer.compute_loss(x=batch, y_pred=predictions))
     # Predictions for prefix patches (targets 1..9, indices 0..8) and logits
     # at padding positions are free: changing them changes nothing.
@@ -100,3 +102,18 @@ def test_padding_and_prefix_patches_do_not_count():
     predictions["pixel_predictions"][:, 9] += 1.0
     counted = to_numpy(pretrainer.compute_loss(x=batch, y_pred=predictions))
     assert abs(counted - loss) > 1e-3
+
+
+def test_compute_loss_takes_no_targets():
+    pretrainer = tiny_pretrainer()
+    batch = make_batch(batch_size=2, seed=1)
+    predictions = pretrainer(batch)
+    loss = to_numpy(pretrainer.compute_loss(x=batch, y_pred=predictions))
+    # A placeholder (one value per example) carries sample weights only.
+    placeholder = pretrainer.compute_loss(
+        x=batch, y=np.zeros((2,), "float32"), y_pred=predictions
+    )
+    np.testing.assert_allclose(to_numpy(placeholder), loss, rtol=1e-6)
+    for y in (np.zeros((2, 8), "float32"), {"token_ids": batch["token_ids"]}):
+        with pytest.raises(ValueError, match="takes no `y`"):
+            pretrainer.compute_loss(x=batch, y=y, y_pred=predictions)

@@ -10,6 +10,7 @@ from _data_helpers import train_tiny_tokenizer
 from conftest import TINY_BACKBONE
 from conftest import TINY_DECODER
 from conftest import to_numpy
+from keras_hub.src.tests.test_case import TestCase
 
 import keras_aimv2
 from keras_aimv2.models.aimv2_image_converter import IMAGENET_MEAN
@@ -23,6 +24,8 @@ from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 
 CONTEXT = 8
 SIZE = TINY_BACKBONE["image_shape"][:2]
+PATCH = TINY_BACKBONE["patch_size"]
+NUM_PATCHES = (SIZE[0] // PATCH) * (SIZE[1] // PATCH)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def _preprocessor(proto, **kwargs):
     return AIMV2PretrainerPreprocessor(
         tokenizer=AIMV2Tokenizer(proto=proto, **kwargs),
         image_converter=AIMV2ImageConverter(image_size=SIZE),
-        context_length=CONTEXT,
+        sequence_length=CONTEXT,
+        patch_size=PATCH,
     )
 
 
@@ -84,11 +88,20 @@ def test_outputs_follow_the_model_contract(proto_path):
     preprocessor = _preprocessor(proto_path)
     inputs = _inputs()
     x = preprocessor(inputs)
-    assert sorted(x) == ["images", "padding_mask", "token_ids"]
+    assert sorted(x) == [
+        "images",
+        "padding_mask",
+        "prefix_lengths",
+        "token_ids",
+    ]
     assert tuple(x["images"].shape) == (4, *SIZE, 3)
     assert keras.backend.standardize_dtype(x["images"].dtype) == "float32"
     assert keras.backend.standardize_dtype(x["token_ids"].dtype) == "int32"
     assert keras.backend.standardize_dtype(x["padding_mask"].dtype) == "bool"
+    assert keras.backend.standardize_dtype(x["prefix_lengths"].dtype) == "int32"
+    prefix_lengths = to_numpy(x["prefix_lengths"])
+    assert prefix_lengths.shape == (4,)
+    assert prefix_lengths.min() >= 1 and prefix_lengths.max() < NUM_PATCHES
     token_ids, mask = to_numpy(x["token_ids"]), to_numpy(x["padding_mask"])
     assert token_ids.shape == mask.shape == (4, CONTEXT)
     tokenizer = preprocessor.tokenizer
@@ -147,13 +160,17 @@ def test_siglip_style_padding_makes_the_end_token_no_target(proto_path):
     assert token_ids[0, -1] == 1 and not mask[0, -1] and mask[0, :-1].all()
 
 
-def test_context_length_can_change(proto_path):
+def test_sequence_length_can_change(proto_path):
     preprocessor = _preprocessor(proto_path)
     preprocessor(_inputs())
-    preprocessor.context_length = 5
+    preprocessor.sequence_length = 5
     x = preprocessor(_inputs())
     assert tuple(x["token_ids"].shape) == (4, 5)
     assert to_numpy(x["token_ids"])[0, -1] == 1
+    # Configs saved before the argument took keras-hub's name still load.
+    config = {**preprocessor.get_config(), "context_length": 6}
+    del config["sequence_length"]
+    assert AIMV2PretrainerPreprocessor.from_config(config).sequence_length == 6
 
 
 def test_unbatched_labels_and_prefix_lengths(proto_path):
@@ -171,8 +188,11 @@ def test_unbatched_labels_and_prefix_lengths(proto_path):
 
 def test_bad_arguments(proto_path):
     tokenizer = AIMV2Tokenizer(proto=proto_path)
-    with pytest.raises(ValueError, match="context_length=1"):
-        AIMV2PretrainerPreprocessor(tokenizer, context_length=1)
+    with pytest.raises(ValueError, match="sequence_length=1"):
+        AIMV2PretrainerPreprocessor(tokenizer, sequence_length=1)
+    for name, value in (("patch_size", 0), ("patch_size", 2.0), ("seed", "0")):
+        with pytest.raises(ValueError, match=f"{name}={value!r}"):
+            AIMV2PretrainerPreprocessor(tokenizer, **{name: value})
     with pytest.raises(ValueError, match="sequence_length=5"):
         AIMV2PretrainerPreprocessor(
             AIMV2Tokenizer(proto=proto_path, sequence_length=5)
@@ -182,8 +202,8 @@ def test_bad_arguments(proto_path):
             AIMV2Tokenizer(proto=proto_path, add_eos=True)
         )
     preprocessor = AIMV2PretrainerPreprocessor(tokenizer)
-    with pytest.raises(ValueError, match="context_length=0"):
-        preprocessor.context_length = 0
+    with pytest.raises(ValueError, match="sequence_length=0"):
+        preprocessor.sequence_length = 0
     with pytest.raises(ValueError, match="Received: \\['images'\\]"):
         preprocessor({"images": np.zeros((1, *SIZE, 3))})
 
@@ -192,7 +212,8 @@ def test_config_round_trip(proto_path):
     preprocessor = _preprocessor(proto_path, pad_token="</s>")
     config = preprocessor.get_config()
     restored = AIMV2PretrainerPreprocessor.from_config(config)
-    assert restored.context_length == CONTEXT
+    assert restored.sequence_length == CONTEXT
+    assert (restored.patch_size, restored.seed) == (PATCH, 0)
     assert restored.image_converter.image_size == SIZE
     # The proto travels as an asset, not in the config.
     restored.tokenizer.set_proto(proto_path)
@@ -219,7 +240,7 @@ def test_saved_and_loaded_with_the_pretrainer(tmp_path, proto_path):
     assert isinstance(loaded.preprocessor.image_converter, AIMV2ImageConverter)
     inputs = _inputs()
     expected, actual = preprocessor(inputs), loaded.preprocessor(inputs)
-    for key in ("images", "token_ids", "padding_mask"):
+    for key in ("images", "token_ids", "padding_mask", "prefix_lengths"):
         np.testing.assert_array_equal(
             to_numpy(actual[key]), to_numpy(expected[key])
         )
@@ -227,3 +248,80 @@ def test_saved_and_loaded_with_the_pretrainer(tmp_path, proto_path):
     np.testing.assert_array_equal(
         to_numpy(alone(inputs)["token_ids"]), to_numpy(expected["token_ids"])
     )
+
+
+def test_prefix_draws_are_uniform_and_seeded_per_example(proto_path):
+    preprocessor = _preprocessor(proto_path)
+    rng = np.random.default_rng(0)
+    count = 600
+    images = rng.uniform(0, 255, size=(count, *SIZE, 3)).astype("float32")
+    captions = make_captions(count, seed=1)
+    draws = to_numpy(
+        preprocessor({"images": images, "captions": captions})["prefix_lengths"]
+    )
+    # U{1, ..., I - 1}: every length, each about count / (I - 1) times.
+    frequencies = np.bincount(draws, minlength=NUM_PATCHES)
+    assert frequencies[0] == 0 and len(frequencies) == NUM_PATCHES
+    expected = count / (NUM_PATCHES - 1)
+    assert np.all(np.abs(frequencies[1:] - expected) < 4 * np.sqrt(expected))
+    # The same example draws the same length in any batch and order...
+    order = rng.permutation(count)[:32]
+    again = to_numpy(
+        preprocessor(
+            {"images": images[order], "captions": [captions[i] for i in order]}
+        )["prefix_lengths"]
+    )
+    np.testing.assert_array_equal(again, draws[order])
+    # ... and in a tf.data pipeline.
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"images": images[:32], "captions": captions[:32]}
+    )
+    piped = next(iter(dataset.batch(32).map(preprocessor)))
+    np.testing.assert_array_equal(piped["prefix_lengths"].numpy(), draws[:32])
+    # Another seed, or another crop of the image, draws anew.
+    reseeded = AIMV2PretrainerPreprocessor(
+        tokenizer=preprocessor.tokenizer,
+        image_converter=preprocessor.image_converter,
+        sequence_length=CONTEXT,
+        patch_size=PATCH,
+        seed=1,
+    )
+    other = to_numpy(
+        reseeded({"images": images, "captions": captions})["prefix_lengths"]
+    )
+    assert np.mean(other != draws) > 0.8
+    shifted = to_numpy(
+        preprocessor(
+            {"images": np.roll(images, 1, axis=2), "captions": captions}
+        )["prefix_lengths"]
+    )
+    assert np.mean(shifted != draws) > 0.8
+
+
+class AIMV2PretrainerPreprocessorHarnessTest(TestCase):
+    """keras-hub's preprocessor checks: eager, tf.data, Grain, config."""
+
+    def setUp(self):
+        proto = train_tiny_tokenizer(self.get_temp_dir())
+        self.init_kwargs = {
+            "tokenizer": AIMV2Tokenizer(proto=proto),
+            "image_converter": AIMV2ImageConverter(image_size=SIZE),
+            "sequence_length": CONTEXT,
+            "patch_size": PATCH,
+        }
+        rng = np.random.default_rng(0)
+        self.input_data = {
+            "images": rng.uniform(0, 255, size=(3, *SIZE, 3)).astype("float32"),
+            "captions": np.array(make_captions(3, seed=2)),
+        }
+
+    def test_preprocessor_basics(self):
+        output = self.run_preprocessor_test(
+            cls=AIMV2PretrainerPreprocessor,
+            init_kwargs=self.init_kwargs,
+            input_data=self.input_data,
+        )
+        self.assertEqual(
+            sorted(output),
+            ["images", "padding_mask", "prefix_lengths", "token_ids"],
+        )

@@ -133,6 +133,9 @@ def synthetic_batch(backbone_config, decoder_config, batch_size, seed=0):
 
     rng = np.random.default_rng(seed)
     length = decoder_config["context_length"]
+    height, width, _ = backbone_config["image_shape"]
+    patch_size = backbone_config["patch_size"]
+    num_patches = (height // patch_size) * (width // patch_size)
     return {
         "images": rng.normal(
             size=(batch_size, *backbone_config["image_shape"])
@@ -141,6 +144,10 @@ def synthetic_batch(backbone_config, decoder_config, batch_size, seed=0):
             0, decoder_config["vocabulary_size"], (batch_size, length)
         ).astype("int32"),
         "padding_mask": np.ones((batch_size, length), bool),
+        # AIMv2's U{1, ..., I - 1}, as the preprocessor draws it.
+        "prefix_lengths": rng.integers(1, num_patches, batch_size).astype(
+            "int32"
+        ),
     }
 
 

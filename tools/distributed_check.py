@@ -193,6 +193,11 @@ def synthetic_batches(args, batch_size, backbone, decoder):
         "token_ids": np.where(mask, tokens, 0).astype("int32"),
         "padding_mask": mask,
     }
+    patch_size = backbone["patch_size"]
+    num_patches = (height // patch_size) * (width // patch_size)
+    batches["prefix_lengths"] = rng.integers(1, num_patches, count).astype(
+        "int32"
+    )
     if args.fixed_prefix:
         batches["prefix_lengths"] = np.full((count,), 2, "int32")
     return batches
@@ -248,9 +253,7 @@ def seeded_pretrainer(backbone_config, decoder_config, dtype, remat=False):
 
     keras.utils.set_random_seed(0)
     backbone = keras_aimv2.AIMV2Backbone(**backbone_config, dtype=dtype)
-    return keras_aimv2.AIMV2Pretrainer(
-        backbone, **decoder_config, seed=0, remat=remat
-    )
+    return keras_aimv2.AIMV2Pretrainer(backbone, **decoder_config, remat=remat)
 
 
 # AdamW's first update of a weight is `-lr * sqrt(1 - beta_2) * g /

@@ -9,7 +9,6 @@ from keras_aimv2.layers.heads import PixelHead
 from keras_aimv2.layers.heads import TextHead
 from keras_aimv2.layers.norm import RMSNorm
 from keras_aimv2.layers.patch_embedding import PatchEmbedding
-from keras_aimv2.layers.prefix import PrefixSampler
 from keras_aimv2.layers.prefix import prefix_attention_mask
 from keras_aimv2.layers.transformer import TransformerBlock
 
@@ -18,7 +17,6 @@ __all__ = [
     "MultimodalCausalDecoder",
     "PatchEmbedding",
     "PixelHead",
-    "PrefixSampler",
     "PrefixViTEncoder",
     "RMSNorm",
     "SelfAttention",

@@ -7,68 +7,20 @@ from keras_aimv2.api import register
 from keras_aimv2.layers.initializers import XavierUniform
 
 
-def causal_mask(length):
-    """Boolean `(length, length)` mask, True where query `i` sees key `j <= i`.
-
-    Built once per call from two `arange`s; under XLA it folds to a constant.
-    """
-    positions = ops.arange(length, dtype="int32")
-    return positions[None, :] <= positions[:, None]
-
-
-def scaled_dot_product_attention(query, key, value, mask=None, is_causal=False):
-    """Softmax attention over `(batch, heads, length, head_dim)` tensors.
-
-    The mask is boolean (True = attend) and broadcasts over heads, so one
-    `(batch, 1, length, length)` prefix mask or one `(length, length)` causal
-    mask serves every head and every block. On PyTorch this is
-    `scaled_dot_product_attention`, whose fused CPU and GPU kernels take the
-    boolean mask or the causal flag directly. On JAX and TensorFlow it is two
-    batched matmuls in the heads-major layout around a float32 softmax,
-    which XLA compiles to plain GEMMs, and differentiates to plain GEMMs,
-    without the layout copies of an `einsum` over `(batch, length, heads)`.
-
-    Args:
-        query: tensor `(batch, heads, length, head_dim)`.
-        key: tensor `(batch, heads, length, head_dim)`.
-        value: tensor `(batch, heads, length, head_dim)`.
-        mask: boolean tensor broadcastable to `(batch, heads, length,
-            length)`, or `None`.
-        is_causal: bool. Whether to apply the causal mask (with no `mask`).
-
-    Returns:
-        Tensor `(batch, heads, length, head_dim)`.
-    """
-    scale = query.shape[-1] ** -0.5
-    if keras.config.backend() == "torch":
-        import torch
-
-        return torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale
-        )
-    scores = ops.matmul(
-        query * ops.cast(scale, query.dtype), ops.swapaxes(key, -1, -2)
-    )
-    scores = ops.cast(scores, "float32")
-    if is_causal:
-        mask = causal_mask(ops.shape(query)[2])
-    if mask is not None:
-        scores = ops.where(mask, scores, -1e30)
-    probs = ops.softmax(scores, axis=-1)
-    return ops.matmul(ops.cast(probs, value.dtype), value)
-
-
 @register
 class SelfAttention(keras.layers.Layer):
     """Multi-head self-attention without biases.
 
     Queries, keys and values come from one fused projection whose output is
-    laid out `[q | k | v]`; attention runs through
-    `scaled_dot_product_attention` with scale `head_dim ** -0.5`. The
-    caller chooses the mask: none (bidirectional), `is_causal=True`, or a
-    boolean `attention_mask` (for prefix attention). Both projections run
-    on the tokens flattened to `(batch * length, width)`: one plain GEMM
-    each way, forward and backward.
+    laid out `[q | k | v]`; attention is `keras.ops.dot_product_attention`
+    with scale `head_dim ** -0.5`, on every backend, so each picks its own
+    kernel (PyTorch's fused `scaled_dot_product_attention`, cuDNN or flash
+    attention on GPUs, XLA's on TPUs). The caller chooses the mask: none
+    (bidirectional), `is_causal=True`, or a boolean `attention_mask`
+    broadcastable to `(batch, heads, length, length)` (prefix attention,
+    `keras_aimv2.layers.prefix.prefix_attention_mask`). Both projections
+    run on the tokens flattened to `(batch * length, width)`: one plain
+    GEMM each way, forward and backward.
 
     As in AIMv2's trainer, queries, keys and values are three separate
     `width -> width` maps, each Xavier-uniform on its own (each third of the
@@ -78,6 +30,14 @@ class SelfAttention(keras.layers.Layer):
     Args:
         num_heads: int. Number of attention heads; must divide the width.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        x: float tensor `(batch, length, width)`.
+        attention_mask: bool tensor broadcastable to `(batch, num_heads,
+            length, length)`, True where a query may attend a key, or
+            `None`. Defaults to `None`.
+        is_causal: bool. Causal attention (with no `attention_mask`).
+            Defaults to `False`.
 
     Example:
 
@@ -90,8 +50,8 @@ class SelfAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_heads = num_heads
 
-    def build(self, input_shape):
-        hidden_dim = input_shape[-1]
+    def build(self, x_shape, attention_mask_shape=None):
+        hidden_dim = x_shape[-1]
         if hidden_dim % self.num_heads:
             raise ValueError(
                 f"The width {hidden_dim} must be divisible by num_heads="
@@ -105,7 +65,7 @@ class SelfAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="qkv",
         )
-        self.qkv.build(input_shape)
+        self.qkv.build(x_shape)
         self.output_projection = keras.layers.Dense(
             hidden_dim,
             use_bias=False,
@@ -113,7 +73,7 @@ class SelfAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="output_projection",
         )
-        self.output_projection.build(input_shape)
+        self.output_projection.build(x_shape)
 
     def call(self, x, attention_mask=None, is_causal=False):
         shape = ops.shape(x)
@@ -122,12 +82,25 @@ class SelfAttention(keras.layers.Layer):
         qkv = ops.reshape(
             qkv, (batch, length, 3, self.num_heads, self.head_dim)
         )
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        x = scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], mask=attention_mask, is_causal=is_causal
+        x = ops.dot_product_attention(
+            qkv[:, :, 0],
+            qkv[:, :, 1],
+            qkv[:, :, 2],
+            mask=attention_mask,
+            scale=self.head_dim**-0.5,
+            is_causal=is_causal,
         )
-        x = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, width))
-        return ops.reshape(self.output_projection(x), (batch, length, width))
+        x = self.output_projection(ops.reshape(x, (-1, width)))
+        return ops.reshape(x, (batch, length, width))
+
+    def compute_output_shape(self, x_shape, attention_mask_shape=None):
+        return x_shape
+
+    def compute_output_spec(self, x, attention_mask=None, is_causal=False):
+        # Also for NumPy inputs, whose shapes Keras does not collect.
+        return keras.KerasTensor(
+            self.compute_output_shape(x.shape), self.compute_dtype
+        )
 
     def get_config(self):
         config = super().get_config()

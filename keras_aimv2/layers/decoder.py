@@ -46,7 +46,10 @@ class MultimodalCausalDecoder(keras.layers.Layer):
             `run_block`). Defaults to `False`.
 
     Returns:
-        Tensor `(batch, num_patches + 1 + length, hidden_dim)`.
+        A tuple `(image_outputs, text_outputs)`: the outputs at the image
+        positions, `(batch, num_patches, hidden_dim)` (output `i` predicts
+        patch `i + 1`), and at `[BOS] + text`, `(batch, 1 + length,
+        hidden_dim)` (output `j` predicts text token `j + 1`).
 
     Example:
 
@@ -55,8 +58,9 @@ class MultimodalCausalDecoder(keras.layers.Layer):
     ...     vocabulary_size=100, context_length=8,
     ... )
     >>> features = np.random.rand(2, 16, 32).astype("float32")
-    >>> decoder(features, np.ones((2, 8), "int32")).shape
-    (2, 25, 64)
+    >>> image, text = decoder(features, np.ones((2, 7), "int32"))
+    >>> image.shape, text.shape
+    ((2, 16, 64), (2, 8, 64))
     """
 
     def __init__(
@@ -147,14 +151,27 @@ class MultimodalCausalDecoder(keras.layers.Layer):
         x = ops.concatenate([image, text], axis=1)
         for block in self.blocks:
             x = run_block(block, x, remat, is_causal=True)
-        return self.final_norm(x)
+        x = self.final_norm(x)
+        num_patches = ops.shape(image)[1]
+        return x[:, :num_patches], x[:, num_patches:]
 
     def compute_output_shape(self, image_features_shape, token_ids_shape):
         batch, num_patches, _ = image_features_shape
         length = token_ids_shape[-1]
-        if num_patches is None or length is None:
-            return (batch, None, self.hidden_dim)
-        return (batch, num_patches + 1 + length, self.hidden_dim)
+        text_length = None if length is None else length + 1
+        return (
+            (batch, num_patches, self.hidden_dim),
+            (batch, text_length, self.hidden_dim),
+        )
+
+    def compute_output_spec(self, image_features, token_ids, remat=False):
+        # Also for NumPy inputs, whose shapes Keras does not collect.
+        shapes = self.compute_output_shape(
+            image_features.shape, token_ids.shape
+        )
+        return tuple(
+            keras.KerasTensor(shape, self.compute_dtype) for shape in shapes
+        )
 
     def get_config(self):
         config = super().get_config()

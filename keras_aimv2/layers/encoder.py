@@ -34,6 +34,17 @@ class PrefixViTEncoder(keras.layers.Layer):
         layer_norm_epsilon: float. RMSNorm epsilon. Defaults to `1e-5`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
+    Call arguments:
+        tokens: float tensor `(batch, num_patches, width)`, the embedded
+            patches.
+        prefix_lengths: int tensor `(batch,)` or `None`. Prefix attention
+            with these prefixes, or bidirectional attention. Defaults to
+            `None`.
+        feature_layers: tuple of ints or `None`. Average these blocks'
+            outputs instead of returning the last one's. Defaults to `None`.
+        remat: bool. Recompute each block in the backward pass. Defaults
+            to `False`.
+
     Example:
 
     >>> encoder = PrefixViTEncoder(
@@ -61,9 +72,9 @@ class PrefixViTEncoder(keras.layers.Layer):
             self, num_layers, num_heads, intermediate_dim, layer_norm_epsilon
         )
 
-    def build(self, input_shape):
+    def build(self, tokens_shape, prefix_lengths_shape=None):
         for layer in (*self.blocks, self.final_norm):
-            layer.build(input_shape)
+            layer.build(tokens_shape)
 
     def call(
         self, tokens, prefix_lengths=None, feature_layers=None, remat=False
@@ -126,6 +137,14 @@ class PrefixViTEncoder(keras.layers.Layer):
 
     def compute_output_shape(self, tokens_shape, prefix_lengths_shape=None):
         return tokens_shape
+
+    def compute_output_spec(
+        self, tokens, prefix_lengths=None, feature_layers=None, remat=False
+    ):
+        # Also for NumPy inputs, whose shapes Keras does not collect.
+        return keras.KerasTensor(
+            self.compute_output_shape(tokens.shape), self.compute_dtype
+        )
 
     def get_config(self):
         config = super().get_config()

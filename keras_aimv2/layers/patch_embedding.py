@@ -150,7 +150,12 @@ class PatchEmbedding(keras.layers.Layer):
                     f"(data_format={self.data_format!r}): {side}={value}."
                 )
 
-    def _check_images(self, shape):
+    def check_images(self, shape):
+        """Raise a clear error for images this built layer cannot embed.
+
+        Args:
+            shape: tuple. The images' shape, in `data_format` order.
+        """
         self._check_rank(shape)
         _, height, width, channels = image_layout(shape, self.data_format)
         if channels != self.num_channels:
@@ -171,7 +176,7 @@ class PatchEmbedding(keras.layers.Layer):
                 )
 
     def call(self, images):
-        self._check_images(images.shape)
+        self.check_images(images.shape)
         patches = patchify(images, self.patch_size, self.data_format)
         x = self.norm(self.projection(patches))
         if self.position_embedding_type == "learned":

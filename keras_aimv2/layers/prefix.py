@@ -1,11 +1,27 @@
-"""Prefix attention: the encoder's mask during AIMv2 pre-training."""
+"""Prefix attention: the encoder's mask during AIMv2 pre-training.
 
-import keras
+AIMv2 draws a prefix length `M ~ U{1, ..., I - 1}` per image (`I` patches):
+the first `M` patches attend to each other bidirectionally, the rest
+causally, and only the patches after the prefix are regressed. The draws
+are training randomness, so they are made where keras-hub makes it, in the
+preprocessor (`AIMV2PretrainerPreprocessor`), and reach the model as its
+`prefix_lengths` input. This module turns them into the attention mask.
+"""
+
 from keras import ops
 
-from keras_aimv2.api import register
-from keras_aimv2.distribution import replica
 from keras_aimv2.validation import check_range
+
+
+def causal_mask(length):
+    """Boolean `(length, length)` mask, True where query `i` sees key `j <= i`.
+
+    The one causal mask of the library: prefix attention widens it, and the
+    decoder's causal attention asks the attention kernel for the same
+    pattern (`is_causal=True`).
+    """
+    positions = ops.arange(length, dtype="int32")
+    return positions[None, :] <= positions[:, None]
 
 
 def prefix_attention_mask(prefix_lengths, num_tokens):
@@ -17,93 +33,42 @@ def prefix_attention_mask(prefix_lengths, num_tokens):
 
     Args:
         prefix_lengths: int tensor of shape `(batch,)`.
-        num_tokens: int. Sequence length.
+        num_tokens: int or scalar tensor. Sequence length.
 
     Returns:
         Bool tensor of shape `(batch, 1, num_tokens, num_tokens)`,
         broadcastable over attention heads.
-    """
-    positions = ops.arange(num_tokens, dtype="int32")
-    causal = positions[None, :] <= positions[:, None]
-    prefix_lengths = ops.cast(prefix_lengths, "int32")
-    in_prefix = positions[None, None, :] < prefix_lengths[:, None, None]
-    return ops.logical_or(causal[None], in_prefix)[:, None]
-
-
-@register
-class PrefixSampler(keras.layers.Layer):
-    """Prefix length per example: given, or drawn from U{1, ..., I - 1}.
-
-    AIMv2 draws the prefix length `M` of every image independently and
-    uniformly from `{1, ..., I - 1}`, where `I` is the number of patches, so
-    that at least one patch is visible and at least one is predicted. In
-    training the draw changes at every step (a `keras.random.SeedGenerator`,
-    which also works under `jit`); in inference it uses the fixed
-    `evaluation_seed`, so validation losses are comparable between runs.
-    Under data parallelism each replica takes its own slice of one draw for
-    the global batch: no two replicas draw the same prefixes, and the draws
-    are those of one device seeing the whole batch.
-    Explicit lengths, when passed, are checked and returned instead.
-
-    Args:
-        seed: int or `None`. Seed of the training draws. Defaults to `None`.
-        evaluation_seed: int. Seed of the inference draws. Defaults to `0`.
-        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Example:
 
-    >>> tokens = np.zeros((4, 16, 8))
-    >>> PrefixSampler(seed=1)(tokens, training=True).shape
-    (4,)
+    >>> mask = prefix_attention_mask(np.array([2]), 4)
+    >>> mask.shape
+    (1, 1, 4, 4)
     """
+    prefix_lengths = ops.cast(prefix_lengths, "int32")
+    positions = ops.arange(num_tokens, dtype="int32")
+    in_prefix = positions[None, None, :] < prefix_lengths[:, None, None]
+    return ops.logical_or(causal_mask(num_tokens)[None], in_prefix)[:, None]
 
-    def __init__(self, seed=None, evaluation_seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.evaluation_seed = evaluation_seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
 
-    def check_prefix_lengths(self, prefix_lengths, num_tokens):
-        """Raise a clear error for lengths outside `[1, num_tokens - 1]`."""
-        return check_range(
-            "prefix_lengths",
-            prefix_lengths,
-            1,
-            num_tokens - 1,
-            f"at least one patch visible and one predicted of {num_tokens}",
-        )
+def check_prefix_lengths(prefix_lengths, num_patches):
+    """Raise a clear error for lengths outside `[1, num_patches - 1]`.
 
-    def call(self, tokens, prefix_lengths=None, training=None):
-        num_tokens = tokens.shape[1]
-        if prefix_lengths is not None:
-            if num_tokens is not None:
-                prefix_lengths = self.check_prefix_lengths(
-                    prefix_lengths, num_tokens
-                )
-            return ops.cast(ops.convert_to_tensor(prefix_lengths), "int32")
-        if num_tokens is None:
-            num_tokens = ops.shape(tokens)[1]
-        seed = self.seed_generator if training else self.evaluation_seed
-        batch = ops.shape(tokens)[0]
-        index, count = replica()
-        draws = keras.random.randint(
-            (batch * count,),
-            minval=1,
-            maxval=num_tokens,
-            dtype="int32",
-            seed=seed,
-        )
-        if count == 1:
-            return draws
-        return ops.slice(draws, (index * batch,), (batch,))
+    At least one patch must be visible and one predicted. Known values are
+    checked eagerly, and in a `tf.data` pipeline by an assertion that fails
+    the batch (`keras_aimv2.validation.check_range`).
 
-    def compute_output_shape(self, tokens_shape, prefix_lengths_shape=None):
-        return (tokens_shape[0],)
+    Args:
+        prefix_lengths: int tensor `(batch,)`.
+        num_patches: int. Patches per image.
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"seed": self.seed, "evaluation_seed": self.evaluation_seed}
-        )
-        return config
+    Returns:
+        `prefix_lengths`.
+    """
+    return check_range(
+        "prefix_lengths",
+        prefix_lengths,
+        1,
+        num_patches - 1,
+        f"at least one patch visible and one predicted of {num_patches}",
+    )

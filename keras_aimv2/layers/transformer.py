@@ -18,6 +18,12 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon: float. RMSNorm epsilon. Defaults to `1e-5`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
+    Call arguments:
+        x: float tensor `(batch, length, width)`.
+        attention_mask: bool tensor broadcastable to `(batch, num_heads,
+            length, length)`, or `None`. Defaults to `None`.
+        is_causal: bool. Causal attention. Defaults to `False`.
+
     Example:
 
     >>> x = np.random.rand(2, 10, 64).astype("float32")
@@ -47,14 +53,14 @@ class TransformerBlock(keras.layers.Layer):
             intermediate_dim, dtype=self.dtype_policy, name="feed_forward"
         )
 
-    def build(self, input_shape):
+    def build(self, x_shape, attention_mask_shape=None):
         for layer in (
             self.attention_norm,
             self.attention,
             self.feed_forward_norm,
             self.feed_forward,
         ):
-            layer.build(input_shape)
+            layer.build(x_shape)
 
     def call(self, x, attention_mask=None, is_causal=False):
         x = x + self.attention(
@@ -63,6 +69,15 @@ class TransformerBlock(keras.layers.Layer):
             is_causal=is_causal,
         )
         return x + self.feed_forward(self.feed_forward_norm(x))
+
+    def compute_output_shape(self, x_shape, attention_mask_shape=None):
+        return x_shape
+
+    def compute_output_spec(self, x, attention_mask=None, is_causal=False):
+        # Also for NumPy inputs, whose shapes Keras does not collect.
+        return keras.KerasTensor(
+            self.compute_output_shape(x.shape), self.compute_dtype
+        )
 
     def get_config(self):
         config = super().get_config()

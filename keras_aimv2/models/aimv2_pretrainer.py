@@ -4,7 +4,6 @@ import keras
 from keras import ops
 from keras_hub.models import Task
 
-from keras_aimv2 import distribution
 from keras_aimv2 import objective
 from keras_aimv2.api import register
 from keras_aimv2.compat import FirstReplicaSymbolicBuild
@@ -12,7 +11,7 @@ from keras_aimv2.compat import variables_kept_on_failure
 from keras_aimv2.layers.decoder import MultimodalCausalDecoder
 from keras_aimv2.layers.heads import PixelHead
 from keras_aimv2.layers.heads import TextHead
-from keras_aimv2.layers.prefix import PrefixSampler
+from keras_aimv2.layers.prefix import check_prefix_lengths
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_presets import check_preset_files
@@ -22,7 +21,7 @@ from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
 )
 from keras_aimv2.optimization import aimv2_adamw
 
-INPUT_KEYS = ("images", "token_ids", "padding_mask")
+INPUT_KEYS = ("images", "token_ids", "padding_mask", "prefix_lengths")
 
 
 @register
@@ -30,8 +29,8 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
     """Pre-trains an `AIMV2Backbone` with AIMv2's multimodal objective.
 
     The encoder reads the image under prefix attention with a prefix length
-    `M ~ U{1, ..., I - 1}` drawn per example; a causal multimodal decoder
-    reads `[image features][BOS][caption]`; a pixel head regresses each next
+    `M ~ U{1, ..., I - 1}` per example; a causal multimodal decoder reads
+    `[image features][BOS][caption]`; a pixel head regresses each next
     normalized patch after the prefix and a text head predicts each next
     caption token. The loss is `text + pixel_loss_weight * pixel`
     ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
@@ -39,13 +38,21 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
 
     Inputs are a dict with `"images"` (`(batch, height, width, channels)`,
     normalized), `"token_ids"` (`(batch, T)`, the caption right-padded to at
-    most `context_length`), `"padding_mask"` (`(batch, T)`, true for real
-    tokens) and, optionally, `"prefix_lengths"` (`(batch,)`, replacing the
-    drawn ones). Outputs are a dict: `"pixel_predictions"` (`(batch, I - 1,
-    patch_dim)`, prediction `i` for patch `i + 1`), `"text_logits"`
-    (`(batch, T, vocabulary_size)`, logit `j` for token `j`) and
-    `"prefix_lengths"`. `fit` reports `loss`, `pixel_loss`, `text_loss` and
-    `text_accuracy`; `evaluate` draws prefixes from a fixed seed.
+    most `context_length`), `"padding_mask"` (`(batch, T)`, true for the
+    text targets) and `"prefix_lengths"` (`(batch,)`, in `[1, I - 1]`). The
+    prefix lengths are training randomness: `AIMV2PretrainerPreprocessor`
+    draws them, per example and statelessly, so attach it (or draw them
+    with `draw_prefix_lengths` of
+    `keras_aimv2.models.aimv2_pretrainer_preprocessor`).
+    Outputs are a dict: `"pixel_predictions"` (`(batch, I - 1,
+    patch_dim)`, prediction `i` for patch `i + 1`) and `"text_logits"`
+    (`(batch, T, vocabulary_size)`, logit `j` for token `j`). `fit`
+    reports `loss`, `pixel_loss`, `text_loss` and `text_accuracy`, exact
+    means over every counted patch and token.
+
+    Under data parallelism each replica holds a slice of the global batch;
+    `keras_aimv2.distribution.Distributed.wrap` sets `batch_means` so that
+    the losses stay the global batch's means (see `keras_aimv2.objective`).
 
     Args:
         backbone: `keras_aimv2.AIMV2Backbone`. The encoder to pre-train.
@@ -58,13 +65,14 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         context_length: int. Most caption tokens. Defaults to `77`.
         pixel_loss_weight: float. `alpha` of the objective. Defaults to
             `0.4`.
-        seed: int or `None`. Seed of the prefix draws. Defaults to `None`.
         remat: bool. Recompute every encoder and decoder block in the
             backward pass instead of keeping its activations: less memory
             for about a third more compute. Defaults to `False`.
-        preprocessor: `keras_hub.models.Preprocessor` or `None`. Turns raw
-            samples into the inputs above. Defaults to `None`.
-        **kwargs: other keyword arguments passed to `keras_hub.models.Task`.
+        preprocessor: `keras_aimv2.AIMV2PretrainerPreprocessor` or `None`.
+            Turns images and captions into the inputs above. Defaults to
+            `None`.
+        **kwargs: other keyword arguments passed to `keras_hub.models.Task`
+            (`compile=False` leaves the model uncompiled, `name`, ...).
 
     Example:
 
@@ -73,7 +81,8 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
     >>> batch = {
     ...     "images": np.random.rand(4, 32, 32, 3).astype("float32"),
     ...     "token_ids": np.random.randint(2, 100, (4, 8)),
-    ...     "padding_mask": np.ones((4, 8), "int32"),
+    ...     "padding_mask": np.ones((4, 8), "bool"),
+    ...     "prefix_lengths": np.array([1, 5, 9, 15]),
     ... }
     >>> history = pretrainer.fit(batch, batch_size=2, epochs=1, verbose=0)
     >>> sorted(history.history)
@@ -93,18 +102,14 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         vocabulary_size=32000,
         context_length=77,
         pixel_loss_weight=0.4,
-        seed=None,
         remat=False,
         preprocessor=None,
         **kwargs,
     ):
-        super().__init__(compile=False, **kwargs)
-        dtype = backbone.dtype_policy
-        self.dtype_policy = dtype
         # === Layers ===
+        dtype = backbone.dtype_policy
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.prefix_sampler = PrefixSampler(seed=seed, name="prefix_sampler")
         self.decoder = MultimodalCausalDecoder(
             hidden_dim=decoder_hidden_dim,
             num_layers=decoder_num_layers,
@@ -123,15 +128,35 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         self.text_head = TextHead(
             vocabulary_size, decoder_num_layers, dtype=dtype, name="text_head"
         )
-        self.decoder.build((None, None, backbone.hidden_dim), (None, None))
-        self.pixel_head.build((None, None, decoder_hidden_dim))
-        self.text_head.build((None, None, decoder_hidden_dim))
-        self.built = True
 
-        # === Metrics ===
-        self.pixel_loss_tracker = keras.metrics.Mean(name="pixel_loss")
-        self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
-        self.text_accuracy_tracker = keras.metrics.Mean(name="text_accuracy")
+        # === Functional Model ===
+        inputs = {
+            "images": keras.Input(shape=backbone.image_shape, name="images"),
+            "token_ids": keras.Input(
+                shape=(None,), dtype="int32", name="token_ids"
+            ),
+            "padding_mask": keras.Input(
+                shape=(None,), dtype="bool", name="padding_mask"
+            ),
+            "prefix_lengths": keras.Input(
+                shape=(), dtype="int32", name="prefix_lengths"
+            ),
+        }
+        features = backbone.encoder(
+            backbone.patch_embedding(inputs["images"]),
+            prefix_lengths=inputs["prefix_lengths"],
+            remat=remat,
+        )
+        # The last token predicts nothing: the decoder never needs it.
+        image_outputs, text_outputs = self.decoder(
+            features, inputs["token_ids"][:, :-1], remat=remat
+        )
+        # The last image position predicts no patch.
+        outputs = {
+            "pixel_predictions": self.pixel_head(image_outputs[:, :-1]),
+            "text_logits": self.text_head(text_outputs),
+        }
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
         self.decoder_hidden_dim = decoder_hidden_dim
@@ -141,10 +166,13 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         self.vocabulary_size = vocabulary_size
         self.context_length = context_length
         self.pixel_loss_weight = pixel_loss_weight
-        self.seed = seed
         self.remat = remat
 
-        self.compile()
+        # === Training ===
+        self.batch_means = objective.BatchMeans()
+        self.pixel_loss_tracker = keras.metrics.Mean(name="pixel_loss")
+        self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
+        self.text_accuracy_tracker = keras.metrics.Mean(name="text_accuracy")
 
     def compile(self, optimizer="auto", jit_compile="auto", **kwargs):
         """Configure training. The loss is AIMv2's objective, built in.
@@ -197,32 +225,36 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
 
-    def call(self, inputs, training=None):
-        missing = [key for key in INPUT_KEYS if key not in inputs]
-        if missing:
-            raise ValueError(
-                f"AIMV2Pretrainer inputs must be a dict with keys "
-                f"{list(INPUT_KEYS)} (and optionally 'prefix_lengths'). "
-                f"Missing: {missing}"
+    def __call__(self, inputs, *args, **kwargs):
+        return super().__call__(self.check_inputs(inputs), *args, **kwargs)
+
+    def check_inputs(self, inputs):
+        """Raise a clear error for inputs the model cannot take.
+
+        The keys, every token id (the decoder reads all but the last, the
+        targets are all but the first) and the prefix lengths are checked
+        where their values are known: on a direct call, and in the input
+        pipeline of `fit`, `evaluate` and `predict` (see
+        `keras_aimv2.validation`).
+
+        Args:
+            inputs: dict. The model's inputs.
+
+        Returns:
+            `inputs`, with checked tensors (assertions inside `tf.data`).
+        """
+        _check_inputs(inputs)
+        inputs = dict(inputs)
+        inputs["token_ids"] = self.decoder.check_token_ids(inputs["token_ids"])
+        # The backbone's own checks of the images (size, channels) first.
+        embedding = self.backbone.patch_embedding
+        embedding.check_images(inputs["images"].shape)
+        num_patches = embedding.compute_output_shape(inputs["images"].shape)[1]
+        if num_patches:
+            inputs["prefix_lengths"] = check_prefix_lengths(
+                inputs["prefix_lengths"], num_patches
             )
-        patch_tokens = self.backbone.patch_embedding(inputs["images"])
-        num_patches = ops.shape(patch_tokens)[1]
-        prefix_lengths = self.prefix_sampler(
-            patch_tokens,
-            prefix_lengths=inputs.get("prefix_lengths"),
-            training=training,
-        )
-        features = self.backbone.encoder(
-            patch_tokens, prefix_lengths=prefix_lengths, remat=self.remat
-        )
-        token_ids = self.decoder.check_token_ids(inputs["token_ids"])
-        # The last token predicts nothing: the decoder never needs it.
-        hidden = self.decoder(features, token_ids[:, :-1], remat=self.remat)
-        return {
-            "pixel_predictions": self.pixel_head(hidden[:, : num_patches - 1]),
-            "text_logits": self.text_head(hidden[:, num_patches:]),
-            "prefix_lengths": prefix_lengths,
-        }
+        return inputs
 
     def greedy_caption_ids(
         self, images, max_length=None, prefix_lengths=None, end_token_id=None
@@ -267,9 +299,9 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         columns = ops.arange(max_length, dtype="int32")[None]
         ended = ops.zeros((batch,), "bool")
         for step in range(max_length):
-            hidden = self.decoder(features, token_ids[:, :-1])
-            index = ops.convert_to_tensor(num_patches + step, "int32")
-            logits = self.text_head(ops.take(hidden, index[None], axis=1))
+            _, text_outputs = self.decoder(features, token_ids[:, :-1])
+            index = ops.convert_to_tensor(step, "int32")
+            logits = self.text_head(ops.take(text_outputs, index[None], axis=1))
             next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
             token_ids = ops.where(ops.equal(columns, step), next_ids, token_ids)
             if end_token_id is not None:
@@ -285,43 +317,55 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
     ):
         """AIMv2's objective, `text + pixel_loss_weight * pixel`.
 
-        The targets come from `x` (the images' next patches and the
-        caption's next tokens); `y` is not used. `sample_weight`, one
-        weight per example, scales that example's patches and tokens (the
-        evaluation pipeline gives 0 to the padding that completes its last
-        batch). The metrics record each mean with its count of patches or
-        tokens, so that over many batches they are the exact means of the
-        whole set, and the reported `loss` is the objective of those means
-        (`get_metrics_result`).
+        The targets come from `x`: the images' next patches after each
+        prefix and the caption's next tokens. The model takes no `y`: it
+        must be `None`, or a placeholder of one value per example, as in
+        `(x, placeholder, sample_weight)` batches (a `tf.data` element
+        cannot hold `None`). `sample_weight`, one weight per example,
+        scales that example's patches and tokens (the evaluation pipeline
+        gives 0 to the padding that completes its last batch).
+
+        The metrics record each mean with its count of patches or tokens,
+        so that over many batches they are the exact means of the whole
+        set, and the reported `loss` is the objective of those means
+        (`get_metrics_result`). `batch_means` turns the batch's sums into
+        means (`keras_aimv2.objective.BatchMeans`).
         """
-        images = x["images"]
-        targets = objective.pixel_targets(images, self.backbone.patch_size)
-        pixel_loss, pixel_count = objective.pixel_loss(
+        _check_no_targets(y)
+        means = self.batch_means
+        targets = objective.pixel_targets(
+            x["images"], self.backbone.patch_size, self.backbone.data_format
+        )
+        pixel_sum, pixel_count = objective.pixel_error_sum(
             y_pred["pixel_predictions"],
             targets,
             objective.pixel_target_weights(
-                y_pred["prefix_lengths"], ops.shape(targets)[1], sample_weight
+                x["prefix_lengths"], ops.shape(targets)[1], sample_weight
             ),
         )
-        text_loss, text_accuracy, text_count = objective.text_loss_and_accuracy(
+        text_sum, correct_sum, text_count = objective.text_sums(
             y_pred["text_logits"],
             x["token_ids"],
             objective.text_target_weights(x["padding_mask"], sample_weight),
         )
-        # Each value is this replica's share of the global batch's average
-        # (`objective`): the replicas' shares sum to it.
-        for tracker, value, count in (
+        pixel_count = means.total(pixel_count)
+        text_count = means.total(text_count)
+        pixel_loss = objective.mean(pixel_sum, pixel_count)
+        text_loss = objective.mean(text_sum, text_count)
+        for tracker, share, count in (
             (self.pixel_loss_tracker, pixel_loss, pixel_count),
             (self.text_loss_tracker, text_loss, text_count),
-            (self.text_accuracy_tracker, text_accuracy, text_count),
+            (
+                self.text_accuracy_tracker,
+                objective.mean(correct_sum, text_count),
+                text_count,
+            ),
         ):
-            tracker.update_state(
-                distribution.tracked(value), sample_weight=count
-            )
+            tracker.update_state(means.tracked(share), sample_weight=count)
         loss = text_loss + self.pixel_loss_weight * pixel_loss
         if self.losses:
-            loss = loss + ops.sum(self.losses) / distribution.replica()[1]
-        return distribution.returned_loss(loss, training)
+            loss = loss + means.split(ops.sum(self.losses))
+        return means.returned(loss, training)
 
     def get_metrics_result(self):
         """The metrics, with `loss` the objective of the mean losses.
@@ -338,52 +382,10 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
             )
         return result
 
-    def train_step(self, *args, **kwargs):
-        ddp = distribution.torch_ddp(self)
-        if ddp is None:
-            return super().train_step(*args, **kwargs)
-        return self._torch_ddp_train_step(ddp, *args, **kwargs)
-
-    def _torch_ddp_train_step(self, ddp, data):
-        """Keras's PyTorch training step, with the forward pass under DDP.
-
-        `DistributedDataParallel` averages the gradients of the processes
-        during `backward`, so the optimizer applies the global gradient.
-        """
-        import torch
-
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = ddp(x, training=True)
-        self.zero_grad()
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
-        share = loss.detach() / distribution.replica()[1]
-        # Keras's own "loss" tracker, the first of `metrics` once compiled.
-        loss_tracker = next(m for m in self.metrics if m.name == "loss")
-        loss_tracker.update_state(
-            distribution.tracked(share), sample_weight=len(x["images"])
-        )
-        loss = self.optimizer.scale_loss(loss)
-        loss.backward()
-        variables = self.trainable_weights[:]
-        with torch.no_grad():
-            self.optimizer.apply([v.value.grad for v in variables], variables)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
     def preprocess_samples(self, x, y=None, sample_weight=None):
         data = super().preprocess_samples(x, y=y, sample_weight=sample_weight)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(x, dict) and "token_ids" in x:
-            x = dict(x)
-            x["token_ids"] = self.decoder.check_token_ids(x["token_ids"])
-            num_patches = self.backbone.patch_embedding.compute_output_shape(
-                x["images"].shape
-            )[1]
-            if x.get("prefix_lengths") is not None and num_patches:
-                x["prefix_lengths"] = self.prefix_sampler.check_prefix_lengths(
-                    x["prefix_lengths"], num_patches
-                )
+        x = self.check_inputs(x)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     def get_config(self):
@@ -397,8 +399,51 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
                 "vocabulary_size": self.vocabulary_size,
                 "context_length": self.context_length,
                 "pixel_loss_weight": self.pixel_loss_weight,
-                "seed": self.seed,
                 "remat": self.remat,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Presets saved before the preprocessor drew the prefix lengths
+        # hold the seed of the model's own draws: nothing uses it now.
+        config = {key: value for key, value in config.items() if key != "seed"}
+        return super().from_config(config)
+
+
+def _check_inputs(inputs):
+    """Raise a clear error for inputs that are not the expected dict."""
+    if not isinstance(inputs, dict):
+        raise ValueError(
+            f"AIMV2Pretrainer inputs must be a dict with keys "
+            f"{list(INPUT_KEYS)}. Received: {type(inputs).__name__}"
+        )
+    missing = [key for key in INPUT_KEYS if key not in inputs]
+    if "prefix_lengths" in missing:
+        raise ValueError(
+            "AIMV2Pretrainer needs `prefix_lengths`, the prefix length of "
+            "every image, which AIMv2 draws per example in training: attach "
+            "an `AIMV2PretrainerPreprocessor` (it draws them), or pass them, "
+            "e.g. from `keras_aimv2.models.aimv2_pretrainer_preprocessor."
+            f"draw_prefix_lengths`. Received keys: {sorted(inputs)}"
+        )
+    if missing:
+        raise ValueError(
+            f"AIMV2Pretrainer inputs must be a dict with keys "
+            f"{list(INPUT_KEYS)}. Missing: {missing}"
+        )
+
+
+def _check_no_targets(y):
+    """Refuse targets: the pretrainer's come from its inputs."""
+    if y is None:
+        return
+    if isinstance(y, (dict, list, tuple)) or len(getattr(y, "shape", ())) > 1:
+        raise ValueError(
+            "AIMV2Pretrainer takes no `y`: its targets are the images' "
+            "patches and the captions' tokens in `x`. Pass `y=None` (or one "
+            "placeholder value per example to carry `sample_weight`). "
+            f"Received: y with shape {getattr(y, 'shape', None)!r} "
+            f"of type {type(y).__name__}"
+        )

@@ -1,16 +1,62 @@
 """Preprocessor of AIMv2 pre-training: images and captions to model inputs."""
 
 import keras
+import tensorflow as tf
 from keras_hub.layers import StartEndPacker
 from keras_hub.models import Preprocessor
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import preprocessing_function
 from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 
 INPUT_KEYS = ("images", "captions")
+
+
+def draw_prefix_lengths(images, captions, num_patches, seed=0):
+    """AIMv2's prefix lengths, `M ~ U{1, ..., num_patches - 1}` per example.
+
+    Stateless and seeded per example: each length is a 64-bit fingerprint
+    of `seed`, the example's image and its caption, reduced to the range.
+    The same example always draws the same length, in any batch, order,
+    process or replica, so draws need no random state and no coordination
+    between replicas; the training pipeline's random crops and flips make
+    each pass over the data a new image, and so a new draw, while
+    evaluation's fixed center crops keep the same prefixes from run to run.
+    Runs in TensorFlow (inside `tf.data` as eagerly).
+
+    Args:
+        images: float tensor `(batch, height, width, channels)`.
+        captions: string tensor `(batch,)`, or any per-example tensor.
+        num_patches: int or int scalar tensor, at least 2.
+        seed: int. Seed of the draws. Defaults to `0`.
+
+    Returns:
+        Int32 tensor `(batch,)` in `[1, num_patches - 1]`.
+
+    Example:
+
+    >>> draw_prefix_lengths(np.zeros((2, 32, 32, 3)), ["a", "b"], 16)
+    """
+    images = tf.convert_to_tensor(_to_tensorflow(images))
+    captions = tf.convert_to_tensor(_to_tensorflow(captions))
+    batch = tf.shape(images)[0]
+    seed_bytes = tf.bitcast(tf.constant([seed], tf.int64), tf.uint8)
+    key = tf.concat(
+        [
+            tf.tile(seed_bytes, [batch, 1]),
+            tf.fingerprint(images),
+            tf.fingerprint(captions),
+        ],
+        axis=1,
+    )
+    # 31 bits of the example's fingerprint: a modulo bias below 1e-7.
+    halves = tf.bitcast(tf.reshape(tf.fingerprint(key), (-1, 2, 4)), tf.int32)
+    draws = tf.bitwise.bitwise_and(halves[:, 0], 0x7FFFFFFF)
+    num_patches = tf.cast(num_patches, tf.int32)
+    return 1 + tf.math.floormod(draws, num_patches - 1)
 
 
 @register
@@ -20,14 +66,19 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
     Images go through the image converter (resizing and mean/std
     normalization). Captions are cleaned and tokenized (`AIMV2Tokenizer`),
     get the end token appended and are right-padded with the pad token to
-    `context_length`, as in AIMv2 ("Multimodal Autoregressive Pre-training
+    `sequence_length`, as in AIMv2 ("Multimodal Autoregressive Pre-training
     of Large Vision Encoders", Fini et al., CVPR 2025). A caption longer
-    than `context_length - 1` tokens is cut to that many and still ends
+    than `sequence_length - 1` tokens is cut to that many and still ends
     with the end token, so every sequence is terminated. No start token is
     added: the AIMv2 decoder prepends its own. The text targets follow
     AIMv2's trainer: a position counts iff its token is not the pad token,
     so the end token is a target when its id differs from the pad id and
     never when they share one (as with SigLIP's tokenizer).
+
+    It also draws each image's prefix length, the pre-training's
+    randomness (`draw_prefix_lengths`: stateless, seeded per example), for
+    images of `patch_size` patches; lengths given as `"prefix_lengths"`
+    pass through instead.
 
     Attached to `AIMV2Pretrainer(..., preprocessor=...)`, it runs inside the
     `tf.data` pipeline of `fit`, `evaluate` and `predict`; called directly,
@@ -42,9 +93,10 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         sample_weight: passed through. Defaults to `None`.
 
     Returns a dict with `"images"` (normalized float32), `"token_ids"`
-    (int32, `(batch, context_length)`) and `"padding_mask"` (bool, true
-    where the token is not the pad token: the text targets), packed with
-    `y` and `sample_weight` as keras does.
+    (int32, `(batch, sequence_length)`), `"padding_mask"` (bool, true
+    where the token is not the pad token: the text targets) and
+    `"prefix_lengths"` (int32, `(batch,)`), packed with `y` and
+    `sample_weight` as keras does.
 
     Args:
         tokenizer: `keras_aimv2.AIMV2Tokenizer`. Tokenizes the captions;
@@ -52,8 +104,11 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         image_converter: `keras_aimv2.AIMV2ImageConverter` or `None`.
             Converts the images; `None` passes them unchanged, as float32.
             Defaults to `None`.
-        context_length: int. Length of the token sequences. Defaults to
-            `77`, AIMv2's.
+        sequence_length: int. Length of the token sequences, the decoder's
+            `context_length`. Defaults to `77`, AIMv2's.
+        patch_size: int. Side of the backbone's patches, which sets the
+            number of patches of an image. Defaults to `14`, AIMv2's.
+        seed: int. Seed of the prefix draws. Defaults to `0`.
         **kwargs: other keyword arguments passed to
             `keras_hub.models.Preprocessor`.
 
@@ -62,13 +117,14 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
     >>> preprocessor = AIMV2PretrainerPreprocessor(
     ...     tokenizer=AIMV2Tokenizer(proto="tokenizer.model"),
     ...     image_converter=AIMV2ImageConverter(image_size=(32, 32)),
-    ...     context_length=8,
+    ...     sequence_length=8,
+    ...     patch_size=8,
     ... )
     >>> x = preprocessor(
     ...     {"images": np.zeros((2, 32, 32, 3)), "captions": ["A dog", "Sky"]}
     ... )
-    >>> x["token_ids"].shape, x["padding_mask"].shape
-    ((2, 8), (2, 8))
+    >>> x["token_ids"].shape, x["prefix_lengths"].shape
+    ((2, 8), (2,))
     """
 
     backbone_cls = AIMV2Backbone
@@ -79,9 +135,13 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         self,
         tokenizer,
         image_converter=None,
-        context_length=77,
+        sequence_length=77,
+        patch_size=14,
+        seed=0,
         **kwargs,
     ):
+        # The name of this argument before it took keras-hub's.
+        sequence_length = kwargs.pop("context_length", sequence_length)
         super().__init__(**kwargs)
         if tokenizer is None or not hasattr(tokenizer, "end_token_id"):
             raise ValueError(
@@ -92,20 +152,32 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
             if getattr(tokenizer, option, None):
                 raise ValueError(
                     f"The tokenizer must not set `{option}`: the preprocessor "
-                    "appends the end token and pads to `context_length` "
+                    "appends the end token and pads to `sequence_length` "
                     f"itself. Received: {option}="
                     f"{getattr(tokenizer, option)!r}"
                 )
+        for name, value in (("patch_size", patch_size), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(
+                    f"`{name}` must be an int. Received: {name}={value!r}"
+                )
+        if patch_size < 1:
+            raise ValueError(
+                f"`patch_size` must be positive. Received: patch_size="
+                f"{patch_size}"
+            )
         self.tokenizer = tokenizer
         self.image_converter = image_converter
         self.packer = None
-        self.context_length = context_length
+        self.sequence_length = sequence_length
+        self.patch_size = patch_size
+        self.seed = seed
 
     def build(self, input_shape):
         # Built here rather than in `__init__`: when loading a preset the
         # tokenizer's proto, and so its ids, arrive after construction.
         self.packer = StartEndPacker(
-            sequence_length=self.context_length,
+            sequence_length=self.sequence_length,
             end_value=self.tokenizer.end_token_id,
             pad_value=self.tokenizer.pad_token_id,
             name="packer",
@@ -113,24 +185,23 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         self.built = True
 
     @property
-    def context_length(self):
+    def sequence_length(self):
         """Settable int. The length of the token sequences."""
-        return self._context_length
+        return self._sequence_length
 
-    @context_length.setter
-    def context_length(self, value):
+    @sequence_length.setter
+    def sequence_length(self, value):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(
-                "`context_length` must be an int of at least 2 (one token "
-                f"and the end token). Received: context_length={value!r}"
+                "`sequence_length` must be an int of at least 2 (one token "
+                f"and the end token). Received: sequence_length={value!r}"
             )
-        self._context_length = value
+        self._sequence_length = value
         if self.packer is not None:
             self.packer.sequence_length = value
 
+    @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
-        # One path for both workflows: the tokenizer, packer and converter
-        # each pick TensorFlow ops inside `tf.data` and Python ones eagerly.
         if not isinstance(x, dict) or any(key not in x for key in INPUT_KEYS):
             received = list(x) if isinstance(x, dict) else type(x).__name__
             raise ValueError(
@@ -143,29 +214,51 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         images = x["images"]
         if self.image_converter is not None:
             images = self.image_converter(images)
-        images = _ops_for(images).cast(images, "float32")
-        token_ids = self.packer(self.tokenizer(x["captions"]))
+        images = tf.cast(_to_tensorflow(images), tf.float32)
+        captions = _to_tensorflow(x["captions"])
+        token_ids = self.packer(self.tokenizer(captions))
         outputs = {
             "images": images,
             "token_ids": token_ids,
-            "padding_mask": _ops_for(token_ids).not_equal(
+            "padding_mask": tf.not_equal(
                 token_ids, self.tokenizer.pad_token_id
             ),
         }
-        if x.get("prefix_lengths") is not None:
-            outputs["prefix_lengths"] = x["prefix_lengths"]
+        prefix_lengths = x.get("prefix_lengths")
+        if prefix_lengths is None:
+            prefix_lengths = self._draw(images, captions)
+        outputs["prefix_lengths"] = tf.cast(
+            _to_tensorflow(prefix_lengths), tf.int32
+        )
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
+
+    def _draw(self, images, captions):
+        unbatched = images.shape.rank == 3
+        if unbatched:
+            images, captions = images[None], captions[None]
+        shape = tf.shape(images)
+        num_patches = (shape[1] // self.patch_size) * (
+            shape[2] // self.patch_size
+        )
+        draws = draw_prefix_lengths(images, captions, num_patches, self.seed)
+        return draws[0] if unbatched else draws
 
     def get_config(self):
         config = super().get_config()
-        config.update({"context_length": self.context_length})
+        config.update(
+            {
+                "sequence_length": self.sequence_length,
+                "patch_size": self.patch_size,
+                "seed": self.seed,
+            }
+        )
         return config
 
 
-def _ops_for(tensor):
-    """TensorFlow for its own tensors (inside `tf.data`), else `keras.ops`."""
-    if type(tensor).__module__.startswith("tensorflow"):
-        import tensorflow as tf
-
-        return tf
-    return keras.ops
+def _to_tensorflow(x):
+    """`x` as a TensorFlow tensor: TensorFlow's own, or converted."""
+    if isinstance(x, (tf.Tensor, tf.RaggedTensor)):
+        return x
+    if keras.ops.is_tensor(x):
+        x = keras.ops.convert_to_numpy(x)
+    return tf.convert_to_tensor(x)
