@@ -271,7 +271,7 @@ def _pictures(args):
     from keras_aimv2.visualize import draw_reconstructions
 
     pretrainer = AIMV2Pretrainer.from_preset(args.preset)
-    size = pretrainer.backbone.image_shape[:2]
+    size = pretrainer.backbone.image_size
     evaluation = pretraining_dataset(
         args.data, 8, size, training=False, split=args.split
     )

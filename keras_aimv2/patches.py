@@ -144,11 +144,32 @@ def unpatchify(patches, grid_size, patch_size, channels=3, data_format=None):
     return ops.reshape(x, shape)
 
 
+def patch_statistics(patches, epsilon=1e-6):
+    """Mean and spread of each patch, the statistics of AIMv2's targets.
+
+    The spread is `sqrt(unbiased variance + epsilon)` over all the patch's
+    values, the per-patch normalization introduced by MAE.
+
+    Args:
+        patches: tensor of shape `(..., patch_dim)`.
+        epsilon: float. Added to the variance. Defaults to `1e-6`.
+
+    Returns:
+        `(mean, spread)`: float32 tensors of shape `(..., 1)`.
+    """
+    x = ops.cast(patches, "float32")
+    count = ops.shape(x)[-1]
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    variance = ops.sum(ops.square(x - mean), axis=-1, keepdims=True) / (
+        ops.cast(count, "float32") - 1.0
+    )
+    return mean, ops.sqrt(variance + epsilon)
+
+
 def normalize_patches(patches, epsilon=1e-6):
     """Normalize each patch over all its values, as AIMv2's pixel targets.
 
-    Subtracts the patch mean and divides by `sqrt(unbiased variance +
-    epsilon)`, the per-patch normalization introduced by MAE.
+    `(patch - mean) / spread` with the statistics of `patch_statistics`.
 
     Args:
         patches: tensor of shape `(..., patch_dim)`.
@@ -157,14 +178,8 @@ def normalize_patches(patches, epsilon=1e-6):
     Returns:
         Float32 tensor of the same shape.
     """
-    x = ops.cast(patches, "float32")
-    count = ops.shape(x)[-1]
-    mean = ops.mean(x, axis=-1, keepdims=True)
-    centered = x - mean
-    variance = ops.sum(ops.square(centered), axis=-1, keepdims=True) / (
-        ops.cast(count, "float32") - 1.0
-    )
-    return centered * ops.rsqrt(variance + epsilon)
+    mean, spread = patch_statistics(patches, epsilon)
+    return (ops.cast(patches, "float32") - mean) / spread
 
 
 def sincos_position_embedding(rows, cols, dim, temperature=10000.0):

@@ -203,7 +203,7 @@ def build_classifier(recipe, backbone):
         backbone: `AIMV2Backbone`. The encoder.
     """
     head = recipe.head
-    height, width, _ = backbone.image_shape
+    height, width = backbone.image_size
     preprocessor = AIMV2ImageClassifierPreprocessor(
         AIMV2ImageConverter(image_size=(height, width))
     )
@@ -254,7 +254,7 @@ def probe(recipe, output_dir=None):
 
     backbone = build_encoder(recipe.backbone, seed=training.seed)
     encoder = recipe.backbone.preset or "random initialisation"
-    image_size = tuple(backbone.image_shape[:2])
+    image_size = tuple(backbone.image_size)
     if None in image_size:
         raise ValueError(
             "The probe needs an encoder of fixed image size; set "

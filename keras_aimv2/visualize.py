@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from keras_aimv2.patches import image_layout  # noqa: E402
+from keras_aimv2.patches import patch_statistics  # noqa: E402
 from keras_aimv2.patches import patchify  # noqa: E402
 from keras_aimv2.patches import unpatchify  # noqa: E402
 
@@ -41,7 +43,7 @@ def next_patch_reconstructions(pretrainer, images, token_ids, prefix_length):
     """
     backbone = pretrainer.backbone
     patch_size, channels = backbone.patch_size, backbone.num_channels
-    batch, height, width, _ = images.shape
+    batch, height, width, _ = image_layout(images.shape, backbone.data_format)
     outputs = pretrainer(
         {
             "images": images,
@@ -50,17 +52,20 @@ def next_patch_reconstructions(pretrainer, images, token_ids, prefix_length):
             "prefix_lengths": np.full((batch,), prefix_length, "int32"),
         }
     )
-    truth = ops.convert_to_numpy(patchify(images, patch_size))
+    patches = patchify(images, patch_size, backbone.data_format)
+    truth = ops.convert_to_numpy(patches)
     predicted = ops.convert_to_numpy(outputs["pixel_predictions"])
-    mean = truth.mean(-1, keepdims=True)
-    spread = np.sqrt(truth.var(-1, ddof=1, keepdims=True) + 1e-6)
+    mean, spread = patch_statistics(patches)
+    mean, spread = ops.convert_to_numpy(mean), ops.convert_to_numpy(spread)
     rebuilt = truth.copy()
     rebuilt[:, prefix_length:] = (
         predicted[:, prefix_length - 1 :] * spread[:, prefix_length:]
         + mean[:, prefix_length:]
     )
     grid = (height // patch_size, width // patch_size)
-    return ops.convert_to_numpy(unpatchify(rebuilt, grid, patch_size, channels))
+    return ops.convert_to_numpy(
+        unpatchify(rebuilt, grid, patch_size, channels, backbone.data_format)
+    )
 
 
 def greedy_captions(pretrainer, images):
@@ -107,8 +112,9 @@ def draw_reconstructions(pretrainer, batch, path, num_images=6):
     inputs = pretrainer.preprocessor({"images": raw, "captions": captions})
     images = ops.convert_to_numpy(inputs["images"])
     token_ids = ops.convert_to_numpy(inputs["token_ids"])
-    num_patches = (images.shape[1] // pretrainer.backbone.patch_size) * (
-        images.shape[2] // pretrainer.backbone.patch_size
+    height, width = pretrainer.backbone.image_size
+    num_patches = (height // pretrainer.backbone.patch_size) * (
+        width // pretrainer.backbone.patch_size
     )
     prefix = max(1, num_patches // 4)
     rebuilt = next_patch_reconstructions(pretrainer, images, token_ids, prefix)

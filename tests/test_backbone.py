@@ -13,6 +13,7 @@ two layouts on every backend).
 import keras
 import numpy as np
 from absl.testing import parameterized
+from conftest import HARNESS_BACKBONE
 from keras import ops
 from keras_hub.src.tests.test_case import TestCase
 
@@ -24,14 +25,7 @@ from keras_aimv2 import AIMV2Backbone
 # many patches as channels (32 x 32 pixels in 8 x 8 patches: 16 of width
 # 16) that transposition is the identity, and the channels-first pass
 # checks the real shape.
-INIT_KWARGS = {
-    "image_shape": (32, 32, 3),
-    "patch_size": 8,
-    "hidden_dim": 16,
-    "num_layers": 2,
-    "num_heads": 2,
-    "intermediate_dim": 32,
-}
+INIT_KWARGS = HARNESS_BACKBONE
 SINCOS_KWARGS = {
     **INIT_KWARGS,
     "image_shape": (None, None, 3),

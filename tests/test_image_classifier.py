@@ -11,6 +11,7 @@ error, `.keras` files, and the preprocessing layers on direct calls,
 import keras
 import numpy as np
 import pytest
+from conftest import HARNESS_BACKBONE
 from conftest import TINY_BACKBONE
 from conftest import to_numpy
 from keras_hub.src.tests.test_case import TestCase
@@ -213,17 +214,6 @@ def test_channels_first_backbone_preset_gets_a_channels_first_converter(
     np.testing.assert_allclose(
         model.predict(raw, verbose=0), to_numpy(expected), atol=1e-5
     )
-
-
-# The harness's classifier: the tiny backbone of `tests/test_backbone.py`.
-HARNESS_BACKBONE = {
-    "image_shape": (32, 32, 3),
-    "patch_size": 8,
-    "hidden_dim": 16,
-    "num_layers": 2,
-    "num_heads": 2,
-    "intermediate_dim": 32,
-}
 
 
 def _channel_constant_images(shape, values=(10.0, 128.0, 250.0)):
