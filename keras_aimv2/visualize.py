@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from keras_aimv2.outputs import atomic_path  # noqa: E402
 from keras_aimv2.patches import image_layout  # noqa: E402
 from keras_aimv2.patches import patch_statistics  # noqa: E402
 from keras_aimv2.patches import patchify  # noqa: E402
@@ -144,8 +145,7 @@ def draw_reconstructions(pretrainer, batch, path, num_images=6):
     axes[0, 1].set_title(f"next-patch predictions\n(first {prefix} visible)")
     axes[0, 2].set_title("captions")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
     return generated
 
 
@@ -185,8 +185,7 @@ def draw_loss_curves(csv_path, path):
         axis.set_yscale("log")
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def draw_pictures(pretrainer, evaluation, csv_path, output_dir):
@@ -215,3 +214,13 @@ def draw_pictures(pretrainer, evaluation, csv_path, output_dir):
             )
         ],
     }
+
+
+def _save(figure, path):
+    """Write `figure` to `path` atomically, in the format its suffix names."""
+    suffix = os.path.splitext(path)[1].lstrip(".") or "png"
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110, format=suffix)
+    finally:
+        plt.close(figure)

@@ -185,14 +185,15 @@ def test_pretraining_continues_from_a_preset_at_a_higher_resolution(
 
 def test_high_resolution_recipe_follows_the_paper():
     recipe = load_recipe("aimv2_large_336")
-    assert backbone_arguments(recipe["backbone"])["image_shape"] == (
+    assert backbone_arguments(recipe.backbone)["image_shape"] == (
         336,
         336,
         3,
     )
-    assert backbone_arguments(recipe["backbone"])["hidden_dim"] == 1024
-    assert recipe["training"]["weight_decay"] == 0.0
+    assert backbone_arguments(recipe.backbone)["hidden_dim"] == 1024
+    assert recipe.training.weight_decay == 0.0
     # 2B further pairs at batch 8192.
-    steps = recipe["training"]["steps"] * recipe["training"]["batch_size"]
+    steps = recipe.training.steps * recipe.training.batch_size
     assert 2.0e9 <= steps < 2.0e9 + 8192
-    assert "preset" in recipe["initialize"]
+    # The 224-pixel preset to continue is given on the command line.
+    assert recipe.initialize.preset is None

@@ -280,14 +280,16 @@ def run_pipeline(num_batches, num_examples, output_dir):
         AIMV2PretrainerPreprocessor,
     )
     from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
+    from keras_aimv2.recipes import backbone_arguments
     from keras_aimv2.recipes import load_recipe
 
     recipe = load_recipe(MAIN_RECIPE)
-    data, training = recipe["data"], recipe["training"]
-    size = recipe["backbone"]["image_shape"][:2]
+    data, training = recipe.data, recipe.training
+    backbone_config = backbone_arguments(recipe.backbone)
+    size = backbone_config["image_shape"][:2]
     shards = os.path.join(output_dir, "scenes")
     write_shards(
-        scenes_source(num_examples, 0, image_size=data["source_size"]),
+        scenes_source(num_examples, 0, image_size=data.source_size),
         shards,
         split="train",
         source="scenes",
@@ -296,24 +298,26 @@ def run_pipeline(num_batches, num_examples, output_dir):
     train_sentencepiece(
         iter_captions(shards, split="train"),
         tokenizer_path,
-        vocabulary_size=recipe["tokenizer"]["vocabulary_size"],
+        vocabulary_size=recipe.tokenizer.vocabulary_size,
     )
     preprocessor = AIMV2PretrainerPreprocessor(
         tokenizer=AIMV2Tokenizer(proto=tokenizer_path),
         image_converter=AIMV2ImageConverter(image_size=size),
-        context_length=recipe["decoder"]["context_length"],
+        sequence_length=recipe.decoder.context_length,
+        patch_size=backbone_config["patch_size"],
+        seed=training.seed,
     )
     dataset = pretraining_dataset(
         shards,
-        training["batch_size"],
+        training.batch_size,
         size,
-        crop_scale=tuple(data["crop_scale"]),
-        flip_probability=data["flip_probability"],
+        crop_scale=tuple(data.crop_scale),
+        flip_probability=data.flip_probability,
     ).map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
     measured = measure_throughput(dataset, num_batches, warmup_batches=2)
     return {
         "variant": "pipeline",
-        "batch_size": training["batch_size"],
+        "batch_size": training.batch_size,
         "images_per_s": round(measured["images_per_second"], 1),
     }
 
@@ -327,12 +331,12 @@ def recipe_consumption(variant, repeats, warmup):
     from keras_aimv2.recipes import load_recipe
 
     recipe = load_recipe(MAIN_RECIPE)
-    backbone_config = backbone_arguments(recipe["backbone"])
+    backbone_config = backbone_arguments(recipe.backbone)
     decoder_config = {
-        **recipe["decoder"],
-        "vocabulary_size": recipe["tokenizer"]["vocabulary_size"],
+        **recipe.decoder.to_dict(),
+        "vocabulary_size": recipe.tokenizer.vocabulary_size,
     }
-    batch_size = recipe["training"]["batch_size"]
+    batch_size = recipe.training.batch_size
     keras.utils.set_random_seed(0)
     pretrainer = keras_aimv2.AIMV2Pretrainer(
         keras_aimv2.AIMV2Backbone(**backbone_config), **decoder_config
