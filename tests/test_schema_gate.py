@@ -1,5 +1,6 @@
 """`pretrain` refuses shards that do not match a validated TFDV schema."""
 
+import dataclasses
 import io
 import os
 import subprocess
@@ -12,6 +13,7 @@ from keras_aimv2.data.scenes import scenes_source
 from keras_aimv2.data.schema_gate import DataValidationError
 from keras_aimv2.data.schema_gate import validate_shards
 from keras_aimv2.data.shards import write_shards
+from keras_aimv2.recipes import load_recipe
 from keras_aimv2.training import check_schema
 
 
@@ -46,9 +48,15 @@ def datasets(tmp_path_factory, validation_python):
     return clean, bad, os.path.join(inferred, "schema.pbtxt"), str(root)
 
 
+def _data(schema, **entries):
+    """The `data` section of a packaged recipe, validated against `schema`."""
+    data = load_recipe("tiny_scenes_cpu").data
+    return dataclasses.replace(data, schema=schema, **entries)
+
+
 def test_clean_shards_pass_the_gate(datasets):
     clean, _, schema, root = datasets
-    check_schema({"schema": schema}, clean, None, None, os.path.join(root, "a"))
+    check_schema(_data(schema), clean, None, None, os.path.join(root, "a"))
     report = os.path.join(root, "a", "validation", "train", "report.txt")
     assert "NO ANOMALIES" in open(report).read()
 
@@ -57,11 +65,9 @@ def test_mismatching_shards_are_refused_unless_allowed(datasets):
     _, bad, schema, root = datasets
     output = os.path.join(root, "b")
     with pytest.raises(DataValidationError, match="image_channels"):
-        check_schema({"schema": schema}, bad, None, None, output)
+        check_schema(_data(schema), bad, None, None, output)
     # Told to proceed, the run goes on; the report stays for a person.
-    check_schema(
-        {"schema": schema, "allow_anomalies": True}, bad, None, None, output
-    )
+    check_schema(_data(schema, allow_anomalies=True), bad, None, None, output)
     report = os.path.join(output, "validation", "train", "report.txt")
     assert "image_channels" in open(report).read()
 

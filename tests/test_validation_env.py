@@ -50,7 +50,10 @@ exit 0
 """
 # Creates the environment in a child process, the module loaded by path.
 CHILD = """
-import importlib.util, sys
+import importlib.util, signal, sys
+# Interrupted as from a terminal, also when started from a shell's
+# background job (which ignores SIGINT).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 spec = importlib.util.spec_from_file_location("validation_env", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
