@@ -383,11 +383,6 @@ def _multi_process_requested():
     )
 
 
-def torch_ddp(model):
-    """The `DistributedDataParallel` wrapping `model`, or `None`."""
-    return _TORCH_DDP.get(model)
-
-
 # === Inside the training step ===
 
 

@@ -325,3 +325,20 @@ class AIMV2PretrainerPreprocessorHarnessTest(TestCase):
             sorted(output),
             ["images", "padding_mask", "prefix_lengths", "token_ids"],
         )
+
+
+def test_prefix_draws_follow_the_converters_data_format(proto_path):
+    preprocessor = AIMV2PretrainerPreprocessor(
+        tokenizer=AIMV2Tokenizer(proto=proto_path),
+        image_converter=AIMV2ImageConverter(
+            image_size=SIZE, data_format="channels_first"
+        ),
+        sequence_length=CONTEXT,
+        patch_size=PATCH,
+    )
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, size=(200, 3, *SIZE)).astype("float32")
+    x = preprocessor({"images": images, "captions": make_captions(200)})
+    draws = to_numpy(x["prefix_lengths"])
+    # 4 x 4 patches of 8 x 8 pixels: every length in [1, 15] is drawn.
+    assert set(draws.tolist()) == set(range(1, NUM_PATCHES))

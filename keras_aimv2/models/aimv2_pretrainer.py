@@ -243,7 +243,7 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         Returns:
             `inputs`, with checked tensors (assertions inside `tf.data`).
         """
-        _check_inputs(inputs)
+        _check_keys(inputs)
         inputs = dict(inputs)
         inputs["token_ids"] = self.decoder.check_token_ids(inputs["token_ids"])
         # The backbone's own checks of the images (size, channels) first.
@@ -412,8 +412,8 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         return super().from_config(config)
 
 
-def _check_inputs(inputs):
-    """Raise a clear error for inputs that are not the expected dict."""
+def _check_keys(inputs):
+    """Raise a clear error unless `inputs` is a dict with every input key."""
     if not isinstance(inputs, dict):
         raise ValueError(
             f"AIMV2Pretrainer inputs must be a dict with keys "

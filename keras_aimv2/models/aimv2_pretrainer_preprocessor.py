@@ -11,6 +11,8 @@ from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
+from keras_aimv2.patches import image_layout
+from keras_aimv2.patches import standardize_data_format
 
 INPUT_KEYS = ("images", "captions")
 
@@ -40,8 +42,8 @@ def draw_prefix_lengths(images, captions, num_patches, seed=0):
 
     >>> draw_prefix_lengths(np.zeros((2, 32, 32, 3)), ["a", "b"], 16)
     """
-    images = tf.convert_to_tensor(_to_tensorflow(images))
-    captions = tf.convert_to_tensor(_to_tensorflow(captions))
+    images = _to_tensorflow(images)
+    captions = _to_tensorflow(captions)
     batch = tf.shape(images)[0]
     seed_bytes = tf.bitcast(tf.constant([seed], tf.int64), tf.uint8)
     key = tf.concat(
@@ -236,10 +238,14 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         unbatched = images.shape.rank == 3
         if unbatched:
             images, captions = images[None], captions[None]
-        shape = tf.shape(images)
-        num_patches = (shape[1] // self.patch_size) * (
-            shape[2] // self.patch_size
+        # The images are in the converter's layout (Keras's default without
+        # a converter).
+        data_format = standardize_data_format(
+            getattr(self.image_converter, "data_format", None)
         )
+        shape = tuple(tf.unstack(tf.shape(images)))
+        _, height, width, _ = image_layout(shape, data_format)
+        num_patches = (height // self.patch_size) * (width // self.patch_size)
         draws = draw_prefix_lengths(images, captions, num_patches, self.seed)
         return draws[0] if unbatched else draws
 
