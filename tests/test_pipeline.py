@@ -195,7 +195,8 @@ def test_fit_on_the_pipeline_with_the_preprocessor(shards, tmp_path):
     preprocessor = AIMV2PretrainerPreprocessor(
         tokenizer=AIMV2Tokenizer(proto=train_tiny_tokenizer(str(tmp_path))),
         image_converter=AIMV2ImageConverter(image_size=image_size),
-        context_length=TINY_DECODER["context_length"],
+        sequence_length=TINY_DECODER["context_length"],
+        patch_size=TINY_BACKBONE["patch_size"],
     )
     pretrainer = keras_aimv2.AIMV2Pretrainer(
         keras_aimv2.AIMV2Backbone(**TINY_BACKBONE),

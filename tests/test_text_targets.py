@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _data_helpers import make_captions
+from conftest import TINY_BACKBONE
 from conftest import tiny_pretrainer
 from conftest import to_numpy
 from transformers import SiglipTokenizer
@@ -80,7 +81,8 @@ def siglip_preprocessor(proto, context_length):
             proto=proto, pad_token="</s>", remove_punctuation=True
         ),
         image_converter=AIMV2ImageConverter(image_size=(32, 32)),
-        context_length=context_length,
+        sequence_length=context_length,
+        patch_size=TINY_BACKBONE["patch_size"],
     )
 
 
@@ -134,7 +136,8 @@ def test_text_loss_averages_exactly_the_non_pad_targets(
     preprocessor = AIMV2PretrainerPreprocessor(
         tokenizer=AIMV2Tokenizer(proto=siglip_proto, pad_token=pad_token),
         image_converter=AIMV2ImageConverter(image_size=(32, 32)),
-        context_length=context_length,
+        sequence_length=context_length,
+        patch_size=TINY_BACKBONE["patch_size"],
     )
     x = preprocessor(batch_of(CAPTIONS[:4]))
     token_ids = to_numpy(x["token_ids"])
