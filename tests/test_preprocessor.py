@@ -342,3 +342,27 @@ def test_prefix_draws_follow_the_converters_data_format(proto_path):
     draws = to_numpy(x["prefix_lengths"])
     # 4 x 4 patches of 8 x 8 pixels: every length in [1, 15] is drawn.
     assert set(draws.tolist()) == set(range(1, NUM_PATCHES))
+
+
+def test_the_pretrainer_matches_the_preprocessors_patch_size(proto_path):
+    backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE)
+    decoder = {**TINY_DECODER, "vocabulary_size": VOCABULARY_SIZE}
+    wrong = AIMV2PretrainerPreprocessor(
+        tokenizer=AIMV2Tokenizer(proto=proto_path), patch_size=14
+    )
+    with pytest.raises(ValueError, match="patch_size=14 .* are 8 pixels"):
+        keras_aimv2.AIMV2Pretrainer(backbone, preprocessor=wrong, **decoder)
+    # A config saved before the preprocessor drew prefixes names no patch
+    # size: unknown alone, the pretrainer's backbone gives it.
+    config = _preprocessor(proto_path).get_config()
+    del config["patch_size"]
+    old = AIMV2PretrainerPreprocessor.from_config(config)
+    old.tokenizer.set_proto(proto_path)
+    assert old.patch_size is None
+    with pytest.raises(ValueError, match="`patch_size`.* unknown"):
+        old(_inputs())
+    keras_aimv2.AIMV2Pretrainer(backbone, preprocessor=old, **decoder)
+    assert old.patch_size == PATCH
+    draws = to_numpy(old(_inputs())["prefix_lengths"])
+    expected = to_numpy(_preprocessor(proto_path)(_inputs())["prefix_lengths"])
+    np.testing.assert_array_equal(draws, expected)

@@ -109,6 +109,7 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         # === Layers ===
         dtype = backbone.dtype_policy
         self.backbone = backbone
+        _match_patch_size(preprocessor, backbone)
         self.preprocessor = preprocessor
         self.decoder = MultimodalCausalDecoder(
             hidden_dim=decoder_hidden_dim,
@@ -410,6 +411,20 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         # hold the seed of the model's own draws: nothing uses it now.
         config = {key: value for key, value in config.items() if key != "seed"}
         return super().from_config(config)
+
+
+def _match_patch_size(preprocessor, backbone):
+    """Give `preprocessor` the backbone's patch size, or refuse another."""
+    patch_size = getattr(preprocessor, "patch_size", backbone.patch_size)
+    if patch_size is None:
+        preprocessor.patch_size = backbone.patch_size
+    elif patch_size != backbone.patch_size:
+        raise ValueError(
+            "The preprocessor draws prefix lengths for patches of "
+            f"patch_size={patch_size} pixels, but the backbone's patches "
+            f"are {backbone.patch_size} pixels: build the preprocessor with "
+            f"patch_size={backbone.patch_size} (or None)."
+        )
 
 
 def _check_keys(inputs):

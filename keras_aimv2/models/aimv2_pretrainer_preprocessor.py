@@ -108,8 +108,10 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
             Defaults to `None`.
         sequence_length: int. Length of the token sequences, the decoder's
             `context_length`. Defaults to `77`, AIMv2's.
-        patch_size: int. Side of the backbone's patches, which sets the
-            number of patches of an image. Defaults to `14`, AIMv2's.
+        patch_size: int or `None`. Side of the backbone's patches, which
+            sets the number of patches of an image; `None` takes the
+            backbone's when the preprocessor is attached to an
+            `AIMV2Pretrainer`. Defaults to `14`, AIMv2's.
         seed: int. Seed of the prefix draws. Defaults to `0`.
         **kwargs: other keyword arguments passed to
             `keras_hub.models.Preprocessor`.
@@ -159,11 +161,13 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
                     f"{getattr(tokenizer, option)!r}"
                 )
         for name, value in (("patch_size", patch_size), ("seed", seed)):
+            if name == "patch_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(
                     f"`{name}` must be an int. Received: {name}={value!r}"
                 )
-        if patch_size < 1:
+        if patch_size is not None and patch_size < 1:
             raise ValueError(
                 f"`patch_size` must be positive. Received: patch_size="
                 f"{patch_size}"
@@ -235,6 +239,13 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
 
     def _draw(self, images, captions):
+        if self.patch_size is None:
+            raise ValueError(
+                "The preprocessor draws prefix lengths for images of "
+                "`patch_size` patches, which is unknown (`None`): pass "
+                "`patch_size`, or attach the preprocessor to an "
+                "`AIMV2Pretrainer`, which gives it its backbone's."
+            )
         unbatched = images.shape.rank == 3
         if unbatched:
             images, captions = images[None], captions[None]
@@ -248,6 +259,12 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         num_patches = (height // self.patch_size) * (width // self.patch_size)
         draws = draw_prefix_lengths(images, captions, num_patches, self.seed)
         return draws[0] if unbatched else draws
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before the preprocessor drew the prefix lengths
+        # name no patch size: the model it is attached to gives it.
+        return super().from_config({"patch_size": None, **config})
 
     def get_config(self):
         config = super().get_config()
