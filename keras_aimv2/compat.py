@@ -1,4 +1,4 @@
-"""Every private Keras, keras-hub and JAX API this package uses, in one place.
+"""Every private Keras, keras-hub, JAX and PyTorch API this package uses.
 
 The rest of `keras_aimv2` uses public API only. What is here overrides or
 reads private behaviour of the versions named in `TESTED`, each piece with
@@ -21,6 +21,7 @@ only.
 import contextlib
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -269,6 +270,276 @@ def optimizer_trainable_variables(optimizer):
         A list of variables, empty before the optimizer is built.
     """
     return list(getattr(optimizer, "_trainable_variables", None) or [])
+
+
+# --- Optimizer (torch): AdamW updated in place by torch's fused kernel ---
+#
+# Replaces: nothing public. On the torch backend a subclass of Keras's
+# AdamW runs the generic `BaseOptimizer._backend_apply_gradients`: the
+# clipped gradients are a new copy of every gradient, gradient accumulation
+# adds into new tensors, and `Adam.update_step` allocates several
+# temporaries per variable. `FusedTorchAdamW` overrides that method (the
+# one `apply` calls after dropping missing gradients, overwriting
+# `overwrite_with_gradient` variables and unscaling a scaled loss, and
+# before it applies constraints and counts the iteration) and updates the
+# variables' tensors and Adam's moments (`Adam._momentums`,
+# `Adam._velocities`, found with `_get_variable_index`) in place with
+# `torch._fused_adamw_`, a private PyTorch op (its CPU kernel exists since
+# torch 2.4). Which variables decay is Keras's `_use_weight_decay`. The
+# update equals Keras's (see `fused_adamw_update`); options it does not
+# handle keep Keras's own path.
+
+TESTED_TORCH = "torch >= 2.4 (tested 2.13.0)"
+
+
+@_hook(
+    "keras.optimizers.Optimizer._backend_apply_gradients(grads, "
+    "trainable_variables) with Adam's _momentums, _velocities, "
+    "_get_variable_index, _use_weight_decay, _accumulated_gradients and "
+    "_iterations, and "
+    "torch._fused_adamw_ (AIMV2AdamW: the fused AdamW update on torch)",
+    tested=f"{TESTED}, {TESTED_TORCH}",
+)
+def _check_fused_adamw():
+    if _backend() != "torch":
+        return
+    optimizer = keras.optimizers.Optimizer
+    apply_gradients = _method(
+        optimizer,
+        "_backend_apply_gradients",
+        ["self", "grads", "trainable_variables"],
+    )
+    _uses(_method(optimizer, "apply"), "_backend_apply_gradients")
+    for name in (
+        "_clip_gradients",
+        "_apply_weight_decay",
+        "_backend_update_step",
+        "_accumulated_gradients",
+        "_iterations",
+    ):
+        _uses(apply_gradients, name)
+    _method(optimizer, "_get_variable_index", ["self", "variable"])
+    _method(optimizer, "_use_weight_decay", ["self", "variable"])
+    _uses(_method(optimizer, "_apply_weight_decay"), "_use_weight_decay")
+    adam = keras.optimizers.Adam
+    for name in ("_momentums", "_velocities"):
+        _uses(_method(adam, "build"), name)
+        _uses(_method(adam, "update_step"), name)
+    import torch
+
+    if not callable(getattr(torch, "_fused_adamw_", None)):
+        raise _HookMissing(f"torch {torch.__version__} has no `_fused_adamw_`")
+
+
+class FusedTorchAdamW:
+    """Mixin of a `keras.optimizers.AdamW`: a fused, in-place torch update.
+
+    On the torch backend each update runs through `fused_adamw_update`:
+    no copy of the gradients or the variables is made. Elsewhere, and
+    whenever `fused_update_applies` says no, Keras's own update runs.
+    Override `uses_fused_update` to choose.
+    """
+
+    def uses_fused_update(self):
+        """Whether to update with torch's fused kernel where it applies.
+
+        Returns:
+            bool. This default returns `True`.
+        """
+        return True
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if fused_update_applies(self, grads, trainable_variables):
+            return fused_adamw_update(self, grads, trainable_variables)
+        return super()._backend_apply_gradients(grads, trainable_variables)
+
+
+# The dtypes torch's fused AdamW kernel updates.
+_FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def fused_update_applies(optimizer, grads, trainable_variables):
+    """Whether `fused_adamw_update` can make this update exactly as Keras.
+
+    It can on the torch backend, outside `torch.compile` (which fuses
+    Keras's own update), for an AdamW without `amsgrad`, EMA, `clipnorm`
+    or `clipvalue` (`global_clipnorm` is handled), whose gradients are
+    dense tensors, each its own, on the devices of contiguous variables of
+    a floating dtype.
+
+    Args:
+        optimizer: `keras.optimizers.AdamW` with `FusedTorchAdamW`.
+        grads: list of gradients (none `None`: `apply` has dropped those).
+        trainable_variables: list of the variables of `grads`.
+
+    Returns:
+        bool.
+    """
+    if keras.config.backend() != "torch" or not optimizer.uses_fused_update():
+        return False
+    import torch
+
+    if torch.compiler.is_compiling():
+        return False
+    if (
+        getattr(optimizer, "amsgrad", True)
+        or optimizer.use_ema
+        or optimizer.clipnorm
+        or optimizer.clipvalue
+    ):
+        return False
+    storages = set()
+    for grad, variable in zip(grads, trainable_variables, strict=True):
+        value = variable.value
+        if (
+            not isinstance(grad, torch.Tensor)
+            or grad.layout != torch.strided
+            or grad.device != value.device
+            or str(value.dtype).removeprefix("torch.") not in _FUSED_DTYPES
+            or not value.is_contiguous()
+        ):
+            return False
+        if grad.numel():
+            storages.add(grad.untyped_storage().data_ptr())
+    # Clipping divides the gradients in place: none may share memory.
+    return len(storages) == sum(1 for g in grads if g.numel())
+
+
+def fused_adamw_update(optimizer, grads, trainable_variables):
+    """Keras's AdamW update, in place, with `torch._fused_adamw_`.
+
+    Does what `BaseOptimizer._backend_apply_gradients` does without EMA:
+    under gradient accumulation, adds the gradients into the accumulators
+    and updates only on every `gradient_accumulation_steps`-th batch, with
+    their mean; clips (`gradients_to_clip` of `GradientClippingHooks`
+    first, then `global_clipnorm`); decays the variables Keras decays by
+    `1 - weight_decay * lr`; and takes Keras's Adam step, `m += (g - m) *
+    (1 - beta_1)`, `v += (g**2 - v) * (1 - beta_2)`, `p -= lr *
+    sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (sqrt(v) + epsilon)` with
+    `t = optimizer.iterations + 1` (updates, not batches, under
+    accumulation). Torch's kernel divides `sqrt(v)` by
+    `sqrt(1 - beta_2**t)` before adding its epsilon, so it is given
+    `epsilon / sqrt(1 - beta_2**t)`. The clipping factor and the mean are
+    applied by the kernel as it reads each gradient, which it then
+    overwrites with the gradient it used: the gradients passed in are
+    scaled in place when clipping or averaging changes them (as
+    `torch.nn.utils.clip_grad_norm_` does); accumulators are reset after.
+
+    Args:
+        optimizer: `keras.optimizers.AdamW` for which
+            `fused_update_applies` holds.
+        grads: list of torch tensors, the gradients of `trainable_variables`.
+        trainable_variables: list of `keras.Variable`.
+    """
+    import torch
+
+    with torch.no_grad():
+        values = [v.value for v in trainable_variables]
+        # Keras casts each gradient to its variable's dtype.
+        grads = [
+            g
+            if g.dtype == p.dtype and g.is_contiguous()
+            else g.to(p.dtype).contiguous()
+            for g, p in zip(grads, values, strict=True)
+        ]
+        # Batches seen; `iterations` counts updates under accumulation.
+        batches = int(keras.ops.convert_to_numpy(optimizer._iterations))
+        steps = optimizer.gradient_accumulation_steps
+        scale = 1.0
+        if steps:
+            accumulators = [
+                optimizer._accumulated_gradients[
+                    optimizer._get_variable_index(v)
+                ].value
+                for v in trainable_variables
+            ]
+            torch._foreach_add_(accumulators, grads)
+            if (batches + 1) % steps:
+                return
+            grads, scale = accumulators, float(steps)
+        grads = _gradients_to_clip(optimizer, grads)
+        scale = _clipping_scale(optimizer, grads, scale)
+        _fused_adamw_step(optimizer, grads, trainable_variables, scale)
+        if steps:
+            torch._foreach_zero_(
+                [
+                    a.value
+                    for a in optimizer._accumulated_gradients
+                    if a is not None
+                ]
+            )
+
+
+def _gradients_to_clip(optimizer, grads):
+    """`grads` as `GradientClippingHooks.gradients_to_clip` returns them."""
+    hook = getattr(optimizer, "gradients_to_clip", None)
+    return list(hook(grads)) if hook is not None else grads
+
+
+def _clipping_scale(optimizer, grads, scale):
+    """What to divide `grads` by: `scale`, and the global-norm clip.
+
+    Keras multiplies every gradient by `clip / max(norm, clip)` when the
+    global norm of the (averaged) gradients is finite and by NaN otherwise.
+    """
+    import torch
+
+    clip = optimizer.global_clipnorm
+    if not clip or clip <= 0:
+        return scale
+    norms = torch._foreach_norm(grads)
+    norm = float(torch.linalg.vector_norm(torch.stack(norms).double())) / scale
+    if not math.isfinite(norm):
+        return math.nan
+    return scale * max(norm / clip, 1.0)
+
+
+def _fused_adamw_step(optimizer, grads, trainable_variables, scale):
+    """One call of `torch._fused_adamw_` per device, dtype and decay."""
+    import torch
+
+    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    weight_decay = float(optimizer.weight_decay or 0.0)
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations)) + 1
+    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
+    bias_correction_2 = 1.0 - beta_2**step
+    groups = {}
+    for grad, variable in zip(grads, trainable_variables, strict=True):
+        value = variable.value
+        if not value.numel():
+            continue
+        index = optimizer._get_variable_index(variable)
+        decay = weight_decay if optimizer._use_weight_decay(variable) else 0.0
+        group = groups.setdefault(
+            (value.device, value.dtype, decay), ([], [], [], [])
+        )
+        group[0].append(value)
+        group[1].append(grad)
+        group[2].append(optimizer._momentums[index].value)
+        group[3].append(optimizer._velocities[index].value)
+    for (device, _, decay), (values, group_grads, m, v) in groups.items():
+        state_step = torch.tensor(
+            float(step), dtype=torch.float32, device=device
+        )
+        grad_scale = None
+        if scale != 1.0:
+            grad_scale = torch.tensor(scale, dtype=torch.float32, device=device)
+        torch._fused_adamw_(
+            values,
+            group_grads,
+            m,
+            v,
+            [],
+            [state_step] * len(values),
+            lr=learning_rate,
+            beta1=beta_1,
+            beta2=beta_2,
+            weight_decay=decay,
+            eps=float(optimizer.epsilon) / math.sqrt(bias_correction_2),
+            amsgrad=False,
+            maximize=False,
+            grad_scale=grad_scale,
+        )
 
 
 # --- Trainer (TensorFlow): building the model under tf.distribute ---

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import FusedTorchAdamW
 from keras_aimv2.compat import GradientClippingHooks
 from keras_aimv2.distribution import tf_replica_context
 
@@ -13,7 +14,9 @@ NO_DECAY = ("bias", "scale", "position_embedding", "bos_token")
 
 
 @register
-class AIMV2AdamW(GradientClippingHooks, keras.optimizers.AdamW):
+class AIMV2AdamW(
+    GradientClippingHooks, FusedTorchAdamW, keras.optimizers.AdamW
+):
     """Keras's AdamW, clipping the gradient one device would see.
 
     `global_clipnorm` clips the global norm of the gradient of the whole
@@ -33,8 +36,41 @@ class AIMV2AdamW(GradientClippingHooks, keras.optimizers.AdamW):
     PyTorch DDP averages the gradients in `backward`, before the optimizer
     sees them.
 
-    Args: those of `keras.optimizers.AdamW`.
+    On the torch backend the update is Keras's AdamW computed in place by
+    PyTorch's fused AdamW kernel (`keras_aimv2.compat.FusedTorchAdamW`):
+    no copy of the gradients or variables is made, so a step needs no
+    memory beyond the variables, their gradients and the two moments. The
+    gradients given to `apply` are then scaled in place by clipping (as
+    `torch.nn.utils.clip_grad_norm_` does). With `amsgrad`, `use_ema`,
+    `clipnorm` or `clipvalue`, under `torch.compile`, or with `fused=False`,
+    Keras's own update runs instead.
+
+    Args:
+        fused: bool. Whether to use the fused update on the torch backend
+            (no effect on the others). Defaults to `True`.
+        **kwargs: the arguments of `keras.optimizers.AdamW`.
     """
+
+    def __init__(self, *args, fused=True, **kwargs):
+        if not isinstance(fused, bool):
+            raise ValueError(
+                f"`fused` must be True or False. Received: fused={fused!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self.fused = fused
+
+    def uses_fused_update(self):
+        """Whether to update with the fused kernel on torch.
+
+        Returns:
+            bool. The `fused` argument.
+        """
+        return self.fused
+
+    def get_config(self):
+        config = super().get_config()
+        config["fused"] = self.fused
+        return config
 
     def gradients_to_clip(self, grads):
         """The replicas' summed gradients, repeated rows added up.
@@ -119,6 +155,7 @@ def aimv2_adamw(
     epsilon=1e-8,
     clipnorm=1.0,
     gradient_accumulation_steps=1,
+    fused=True,
 ):
     """AdamW as in AIMv2's recipe, with the paper's exclusions from decay.
 
@@ -147,6 +184,12 @@ def aimv2_adamw(
         gradient_accumulation_steps: int. Batches whose gradients are
             averaged into each update; a schedule is then read per update
             (`PerUpdateSchedule`). Defaults to `1`.
+        fused: bool. On the torch backend, update in place with PyTorch's
+            fused AdamW kernel (see `AIMV2AdamW`); the same update as
+            Keras's AdamW. Defaults to `True`.
+
+    Returns:
+        An `AIMV2AdamW`.
 
     Example:
 
@@ -176,6 +219,7 @@ def aimv2_adamw(
         gradient_accumulation_steps=(
             gradient_accumulation_steps if accumulate else None
         ),
+        fused=fused,
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer
