@@ -2,23 +2,32 @@
 
     .venv/bin/python tools/benchmark.py
     .venv/bin/python tools/benchmark.py --workloads tiny small \\
-        --backends jax torch --output runs/benchmark.json
+        --backends jax torch --dtype-policy float32 mixed_bfloat16
+    .venv/bin/python tools/benchmark.py --official-source ml-l3m
 
-For each named workload and backend, in a fresh process of its own (the
-Keras backend is fixed at import, and a process's peak memory is then the
-workload's): the float32 matmul peak of this machine (a 2048^3 GEMM,
-compiled), the median wall time of a pre-training step after warm-up and
-compilation, its samples per second, its model FLOPs (`keras_aimv2.flops`)
-as a fraction of the machine's peak (the best GEMM rate any backend reached
-in this run), the process's peak resident memory, and the latency of the
-encoder's inference beside transformers' `Aimv2VisionModel` holding the same
-weights (same batch, same threads). Then the input pipeline's images per
-second beside what the tiny workload and the main-job recipe consume.
+For each named workload, precision and backend, in a fresh process of its
+own (the Keras backend is fixed at import, and a process's peak memory is
+then the workload's): the float32 and bfloat16 matmul peaks of this
+machine (a 2048^3 GEMM, each backend's fastest path), the median wall time
+of a pre-training step after warm-up and compilation, its samples per
+second, its model FLOPs (`keras_aimv2.flops`) as a fraction of the
+machine's peak in the step's precision (the best GEMM rate any backend
+reached in this run), the process's peak resident memory, and the latency
+of the encoder's inference beside transformers' `Aimv2VisionModel` holding
+the same weights (same batch, same threads, same precision). Then the
+input pipeline's images per second beside what the tiny workload and the
+main-job recipe consume.
 
 `torch:compiled` is the torch backend with `jit_compile=True`
 (`torch.compile`); plain `torch` is eager. `BACKEND:remat` trains with
 `AIMV2Pretrainer(remat=True)` (every block recomputed in the backward
-pass). Prints a table and writes JSON.
+pass). `official` and `official:compiled` are Apple's own trainer
+(apple/ml-l3m, eager and `torch.compile`) at the same sizes, timed by
+`tools/official_trainer.py` from the checkout that `--official-source`
+names; "vs official eager" is its step time over ours. `--dtype-policy
+mixed_bfloat16` runs the workloads in bfloat16: Keras's `mixed_bfloat16`
+policy for ours, `torch.autocast(bfloat16)` for the official trainer (as it
+trains) and for transformers' encoder. Prints a table and writes JSON.
 """
 
 import argparse
@@ -55,6 +64,8 @@ WORKLOADS = {
 }
 VARIANTS = ("jax", "tensorflow", "torch", "torch:compiled")
 REMAT_VARIANTS = ("jax:remat", "tensorflow:remat", "torch:remat")
+OFFICIAL_VARIANTS = ("official", "official:compiled")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
 DEFAULT_VARIANTS = {
     "tiny": VARIANTS,
     "small": VARIANTS + REMAT_VARIANTS,
@@ -100,32 +111,59 @@ def median_seconds(function, repeats, warmup, per_call=1):
 # --- Workers: each runs in its own process. ---------------------------------
 
 
-def matmul_peak(repeats=10):
-    """GFLOP/s of a compiled float32 2048^3 matmul on this backend."""
+def matmul_peaks(repeats=10):
+    """GFLOP/s of a 2048^3 matmul on this backend, float32 and bfloat16.
+
+    Each precision takes the backend's fastest path: compiled (XLA) on JAX
+    and TensorFlow for float32; for bfloat16, JAX's dot with float32
+    accumulation (what XLA:CPU hands to its bf16 matrix kernels), and
+    TensorFlow's eager (oneDNN) or compiled matmul, whichever is faster.
+
+    Returns:
+        `(float32_gflops, bfloat16_gflops)`.
+    """
     import keras
 
     backend = keras.config.backend()
     size = MATMUL_SIZE
-    a = keras.random.normal((size, size), seed=1)
-    b = keras.random.normal((size, size), seed=2)
+    flops = 2 * size**3
+
+    def rate(matmul, dtype):
+        a = keras.ops.cast(keras.random.normal((size, size), seed=1), dtype)
+        b = keras.ops.cast(keras.random.normal((size, size), seed=2), dtype)
+
+        def run():
+            corner = keras.ops.cast(matmul(a, b)[0, 0], "float32")
+            keras.ops.convert_to_numpy(corner)
+
+        seconds, _ = median_seconds(run, repeats, warmup=3)
+        return flops / seconds / 1e9
+
     if backend == "jax":
         import jax
+        import jax.numpy as jnp
 
-        matmul = jax.jit(lambda a, b: a @ b)
+        float32 = rate(jax.jit(jnp.matmul), "float32")
+        bfloat16 = rate(
+            jax.jit(
+                lambda a, b: jnp.matmul(
+                    a, b, preferred_element_type=jnp.float32
+                )
+            ),
+            "bfloat16",
+        )
     elif backend == "tensorflow":
         import tensorflow as tf
 
-        matmul = tf.function(lambda a, b: a @ b, jit_compile=True)
+        compiled = tf.function(tf.matmul, jit_compile=True)
+        float32 = rate(compiled, "float32")
+        bfloat16 = max(rate(compiled, "bfloat16"), rate(tf.matmul, "bfloat16"))
     else:
         import torch
 
-        matmul = torch.matmul
-
-    def run():
-        keras.ops.convert_to_numpy(matmul(a, b)[0, 0])
-
-    seconds, _ = median_seconds(run, repeats, warmup=3)
-    return 2 * size**3 / seconds / 1e9
+        float32 = rate(torch.matmul, "float32")
+        bfloat16 = rate(torch.matmul, "bfloat16")
+    return round(float32, 1), round(bfloat16, 1)
 
 
 def synthetic_batch(backbone_config, decoder_config, batch_size, seed=0):
@@ -152,7 +190,13 @@ def synthetic_batch(backbone_config, decoder_config, batch_size, seed=0):
 
 
 def run_backend(
-    workload, variant, repeats, warmup, reference_weights, steps=None
+    workload,
+    variant,
+    repeats,
+    warmup,
+    reference_weights,
+    steps=None,
+    dtype_policy="float32",
 ):
     """Train-step and inference figures of one workload on this backend."""
     import keras
@@ -165,14 +209,18 @@ def run_backend(
     backbone_config, decoder_config = workload_configs(workload)
     settings = WORKLOADS[workload]
     batch_size = settings["batch_size"]
+    float32_peak, bfloat16_peak = matmul_peaks()
     result = {
         "workload": workload,
         "variant": variant,
+        "dtype_policy": dtype_policy,
         "batch_size": batch_size,
-        "matmul_gflops": round(matmul_peak(), 1),
+        "matmul_gflops": float32_peak,
+        "matmul_bf16_gflops": bfloat16_peak,
     }
     rss_before = peak_rss_gb()
 
+    keras.config.set_dtype_policy(dtype_policy)
     keras.utils.set_random_seed(0)
     pretrainer = keras_aimv2.AIMV2Pretrainer(
         keras_aimv2.AIMV2Backbone(**backbone_config),
@@ -208,6 +256,7 @@ def run_backend(
     )
 
     if reference_weights and ":" not in variant:
+        # Built under the global `dtype_policy` set above.
         converted = conversion.load_checkpoint(
             reference_weights, num_heads=backbone_config["num_heads"]
         )
@@ -226,8 +275,13 @@ def run_backend(
     return result
 
 
-def run_reference(workload, repeats, output_dir):
-    """transformers' `Aimv2VisionModel` (random weights) at the workload."""
+def run_reference(workload, repeats, output_dir, dtype_policy="float32"):
+    """transformers' `Aimv2VisionModel` (random weights) at the workload.
+
+    Under `mixed_bfloat16` it runs in `torch.autocast(bfloat16)`.
+    """
+    import contextlib
+
     import torch
     from safetensors.torch import save_file
     from transformers import Aimv2VisionConfig
@@ -246,19 +300,26 @@ def run_reference(workload, repeats, output_dir):
         use_head=False,
     )
     model = Aimv2VisionModel(config).eval()
-    path = os.path.join(output_dir, f"{workload}.safetensors")
+    path = os.path.join(output_dir, f"{workload}-{dtype_policy}.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     height, width, channels = backbone_config["image_shape"]
     pixels = torch.randn(batch_size, channels, height, width)
 
+    precision = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if dtype_policy == "mixed_bfloat16"
+        else contextlib.nullcontext()
+    )
+
     def infer():
-        with torch.inference_mode():
+        with torch.inference_mode(), precision:
             model(pixel_values=pixels)
 
     seconds, _ = median_seconds(infer, repeats, warmup=2)
     return {
         "workload": workload,
         "variant": "transformers",
+        "dtype_policy": dtype_policy,
         "torch_threads": torch.get_num_threads(),
         "encoder_ms": round(1000 * seconds, 1),
         "weights": path,
@@ -359,22 +420,72 @@ def recipe_consumption(variant, repeats, warmup):
     }
 
 
+def run_official_trainer(workload, variant, source, options):
+    """Train-step figures of Apple's own trainer at a workload's sizes."""
+    import official_trainer
+
+    from keras_aimv2.flops import pretraining_flops
+
+    backbone_config, decoder_config = workload_configs(workload)
+    settings = WORKLOADS[workload]
+    float32_peak, bfloat16_peak = matmul_peaks()
+    result = official_trainer.run_official(
+        source,
+        backbone_config,
+        decoder_config,
+        settings["batch_size"],
+        compiled=variant == "official:compiled",
+        dtype_policy=options["dtype_policy"],
+        repeats=options["repeats"],
+        warmup=options["warmup"],
+        steps=options["steps"] or settings["steps_per_repeat"],
+    )
+    flops = pretraining_flops(
+        backbone_config, decoder_config, settings["batch_size"]
+    )
+    result.update(
+        {
+            "workload": workload,
+            "matmul_gflops": float32_peak,
+            "matmul_bf16_gflops": bfloat16_peak,
+            "train_gflops_per_step": round(flops / 1e9, 2),
+            "train_gflops_per_s": round(flops / result["step_ms"] / 1e6, 1),
+        }
+    )
+    return result
+
+
 def worker_main(args):
     # Before JAX starts: its XLA:CPU tuning on a CPU host, as `aimv2
     # pretrain` makes it (keras_aimv2/xla_cpu.py).
     from keras_aimv2 import xla_cpu
 
     xla_cpu.configure()
+    (dtype_policy,) = args.dtype_policy
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.worker == "reference":
-            result = run_reference(args.workload, args.repeats, args.scratch)
+            result = run_reference(
+                args.workload, args.repeats, args.scratch, dtype_policy
+            )
         elif args.worker == "pipeline":
             result = run_pipeline(
                 args.pipeline_batches, args.pipeline_examples, scratch
             )
         elif args.worker == "recipe":
             result = recipe_consumption(args.variant, args.repeats, args.warmup)
+        elif args.worker == "official":
+            result = run_official_trainer(
+                args.workload,
+                args.variant,
+                args.official_source,
+                {
+                    "dtype_policy": dtype_policy,
+                    "repeats": args.repeats,
+                    "warmup": args.warmup,
+                    "steps": args.steps_per_repeat,
+                },
+            )
         else:
             result = run_backend(
                 args.workload,
@@ -383,6 +494,7 @@ def worker_main(args):
                 args.warmup,
                 args.reference_weights,
                 args.steps_per_repeat,
+                dtype_policy,
             )
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -392,7 +504,9 @@ def worker_main(args):
 
 def spawn(worker, variant="", **options):
     """Run one worker process; its result dict, or an `"error"` entry."""
-    backend = variant.split(":")[0] or "torch"
+    backend = variant.split(":")[0]
+    if backend in ("", "official"):
+        backend = "torch"
     environment = {
         **os.environ,
         "KERAS_BACKEND": backend,
@@ -403,7 +517,9 @@ def spawn(worker, variant="", **options):
         command += ["--variant", variant]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    label = " ".join([worker, variant, options.get("workload", "")]).strip()
+    label = " ".join(
+        [worker, variant, options.get("workload", ""), options["dtype_policy"]]
+    ).strip()
     print(f"[benchmark] {label} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     process = subprocess.run(
@@ -421,16 +537,26 @@ def spawn(worker, variant="", **options):
     return {
         "workload": options.get("workload"),
         "variant": variant or worker,
+        "dtype_policy": options["dtype_policy"],
         "error": " | ".join(tail),
     }
 
 
 def transformers_latencies(results):
-    """`{workload: encoder ms}` of transformers' reference runs."""
+    """`{(workload, dtype policy): encoder ms}` of transformers' runs."""
     return {
-        r["workload"]: r["encoder_ms"]
+        (r["workload"], r["dtype_policy"]): r["encoder_ms"]
         for r in results
-        if r.get("variant") == "transformers"
+        if r.get("variant") == "transformers" and "encoder_ms" in r
+    }
+
+
+def official_step_ms(results):
+    """`{(workload, dtype policy): step ms}` of the official eager step."""
+    return {
+        (r["workload"], r["dtype_policy"]): r["step_ms"]
+        for r in results
+        if r.get("variant") == "official" and "step_ms" in r
     }
 
 
@@ -452,37 +578,79 @@ def write_json(data, path):
 
 
 def summarize(results):
-    """Add the machine peak, MFU and inference ratios; return the peak."""
-    peak = max(
-        (r["matmul_gflops"] for r in results if "matmul_gflops" in r),
-        default=None,
-    )
+    """Add MFU, inference and official-trainer ratios; return the peaks.
+
+    A step's "% of peak" divides its model FLOP rate by the best matmul
+    rate any backend reached in this run in the step's precision.
+
+    Returns:
+        `{dtype policy: GFLOP/s}` of the machine's matmul peaks.
+    """
+    peaks = {
+        "float32": max(
+            (r["matmul_gflops"] for r in results if "matmul_gflops" in r),
+            default=None,
+        ),
+        "mixed_bfloat16": max(
+            (
+                r["matmul_bf16_gflops"]
+                for r in results
+                if "matmul_bf16_gflops" in r
+            ),
+            default=None,
+        ),
+    }
     references = transformers_latencies(results)
+    officials = official_step_ms(results)
     for r in results:
+        key = (r.get("workload"), r.get("dtype_policy"))
+        peak = peaks.get(r.get("dtype_policy"))
         if peak and "train_gflops_per_s" in r:
             r["mfu"] = round(r["train_gflops_per_s"] / peak, 3)
-        reference = references.get(r.get("workload"))
+        if key in officials and "step_ms" in r:
+            r["speed_vs_official_eager"] = round(
+                officials[key] / r["step_ms"], 2
+            )
+        reference = references.get(key)
         if reference and "encoder_ms" in r and r["variant"] != "transformers":
             r["encoder_speedup_vs_transformers"] = round(
                 reference / r["encoder_ms"], 2
             )
-    return peak
+    return peaks
 
 
-def table(results, peak):
+def processor_name():
+    """The processor's model name as `lscpu` gives it, or the platform's."""
+    import platform
+
+    try:
+        output = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    for line in output.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def table(results, peaks):
     """The results as a Markdown table."""
 
     def cell(value, form="{}"):
         return "" if value is None else form.format(value)
 
     lines = [
-        f"Machine float32 matmul peak: {peak} GFLOP/s "
-        f"({MATMUL_SIZE}^3, best backend).",
+        f"Processor: {processor_name()}, {os.cpu_count()} cores. Matmul "
+        f"peak ({MATMUL_SIZE}^3, best backend): float32 "
+        f"{peaks['float32']} GFLOP/s, bfloat16 {peaks['mixed_bfloat16']} "
+        "GFLOP/s.",
         "",
-        "| workload | backend | step ms | samples/s | GFLOP/step | "
-        "% of peak | peak RSS GB | encoder ms | transformers ms | "
-        "speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | dtype | backend | step ms | vs official eager | "
+        "samples/s | GFLOP/step | % of peak | peak RSS GB | encoder ms | "
+        "transformers ms | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     references = transformers_latencies(results)
     for r in results:
@@ -491,9 +659,10 @@ def table(results, peak):
             or r.get("workload") == "main-job recipe"
         ):
             continue
+        dtype = r.get("dtype_policy")
         if "error" in r:
             lines.append(
-                f"| {r['workload']} | {r['variant']} | error: "
+                f"| {r['workload']} | {dtype} | {r['variant']} | error: "
                 f"{r['error'][:120]} |"
             )
             continue
@@ -502,14 +671,16 @@ def table(results, peak):
             + " | ".join(
                 [
                     r["workload"],
+                    dtype,
                     r["variant"],
                     cell(r.get("step_ms")),
+                    cell(r.get("speed_vs_official_eager"), "{}x"),
                     cell(r.get("samples_per_s")),
                     cell(r.get("train_gflops_per_step")),
                     cell(r.get("mfu"), "{:.1%}"),
                     cell(r.get("peak_rss_gb")),
                     cell(r.get("encoder_ms")),
-                    cell(references.get(r["workload"])),
+                    cell(references.get((r["workload"], dtype))),
                     cell(r.get("encoder_speedup_vs_transformers"), "{}x"),
                 ]
             )
@@ -534,6 +705,50 @@ def table(results, peak):
     return "\n".join(lines)
 
 
+def default_variants(workload, official_source):
+    """The variants a workload runs when `--backends` is not given."""
+    variants = DEFAULT_VARIANTS[workload]
+    if official_source:
+        # torch.compile of AIMv2-L takes minutes on 2 cores; eager only.
+        official = OFFICIAL_VARIANTS[: 1 if workload == "large-224" else 2]
+        variants = official + variants
+    return variants
+
+
+def run_workload(workload, dtype_policy, scratch, args):
+    """The reference's and every variant's results at one workload."""
+    results = []
+    weights = None
+    if not args.no_reference:
+        reference = spawn(
+            "reference",
+            workload=workload,
+            repeats=args.repeats,
+            scratch=scratch,
+            dtype_policy=dtype_policy,
+        )
+        results.append(reference)
+        weights = reference.get("weights")
+    variants = args.backends or default_variants(workload, args.official_source)
+    for variant in variants:
+        options = {
+            "workload": workload,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "dtype_policy": dtype_policy,
+        }
+        if args.steps_per_repeat:
+            options["steps_per_repeat"] = args.steps_per_repeat
+        if variant in OFFICIAL_VARIANTS:
+            options["official_source"] = args.official_source
+            results.append(spawn("official", variant, **options))
+            continue
+        if weights:
+            options["reference_weights"] = weights
+        results.append(spawn("backend", variant, **options))
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -546,9 +761,25 @@ def main(argv=None):
     parser.add_argument(
         "--backends",
         nargs="+",
-        choices=VARIANTS + REMAT_VARIANTS,
+        choices=VARIANTS + REMAT_VARIANTS + OFFICIAL_VARIANTS,
         default=None,
-        help="Backends (variants) to run; default: all for each workload.",
+        help="Backends (variants) to run; default: all for each workload "
+        "(with the official trainer's when --official-source is given).",
+    )
+    parser.add_argument(
+        "--dtype-policy",
+        nargs="+",
+        choices=DTYPE_POLICIES,
+        default=["float32"],
+        help="Precisions to run every workload in (Keras dtype policies); "
+        "default: float32.",
+    )
+    parser.add_argument(
+        "--official-source",
+        default=None,
+        help="A checkout of apple/ml-l3m (git clone "
+        "https://github.com/apple/ml-l3m): adds Apple's own trainer, eager "
+        "and compiled, beside ours.",
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -593,41 +824,28 @@ def main(argv=None):
         "steps_per_repeat",
     )
     check_at_least(parser, args, 0, "warmup")
+    official_asked = set(args.backends or ()) & set(OFFICIAL_VARIANTS)
+    if official_asked and not args.official_source:
+        parser.error(
+            f"--backends {' '.join(sorted(official_asked))} needs "
+            "--official-source, a checkout of apple/ml-l3m"
+        )
     if args.worker:
         worker_main(args)
         return
 
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        for workload in args.workloads or tuple(WORKLOADS):
-            weights = None
-            if not args.no_reference:
-                reference = spawn(
-                    "reference",
-                    workload=workload,
-                    repeats=args.repeats,
-                    scratch=scratch,
-                )
-                results.append(reference)
-                weights = reference.get("weights")
-            variants = args.backends or DEFAULT_VARIANTS[workload]
-            for variant in variants:
-                options = {
-                    "workload": workload,
-                    "repeats": args.repeats,
-                    "warmup": args.warmup,
-                }
-                if weights:
-                    options["reference_weights"] = weights
-                if args.steps_per_repeat:
-                    options["steps_per_repeat"] = args.steps_per_repeat
-                results.append(spawn("backend", variant, **options))
+        for dtype_policy in args.dtype_policy:
+            for workload in args.workloads or tuple(WORKLOADS):
+                results += run_workload(workload, dtype_policy, scratch, args)
         if not args.no_pipeline:
             results.append(
                 spawn(
                     "pipeline",
                     pipeline_batches=args.pipeline_batches,
                     pipeline_examples=args.pipeline_examples,
+                    dtype_policy="float32",
                 )
             )
             consumers = [v for v in args.backends or VARIANTS if v in VARIANTS]
@@ -638,14 +856,21 @@ def main(argv=None):
                         variant,
                         repeats=args.repeats,
                         warmup=args.warmup,
+                        dtype_policy="float32",
                     )
                 )
-    peak = summarize(results)
-    report = table(results, peak)
+    peaks = summarize(results)
+    report = table(results, peaks)
     print(report)
     if args.output:
         write_json(
-            {"matmul_peak_gflops": peak, "results": results}, args.output
+            {
+                "processor": processor_name(),
+                "matmul_peak_gflops": peaks["float32"],
+                "matmul_bf16_peak_gflops": peaks["mixed_bfloat16"],
+                "results": results,
+            },
+            args.output,
         )
         print(f"\nWrote {args.output}", file=sys.stderr)
     if any("error" in r for r in results):

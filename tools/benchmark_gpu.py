@@ -13,6 +13,8 @@ median step time after warm-up, samples per second, and model FLOPs per
 second (`keras_aimv2.flops`) as a fraction of `--peak-tflops`, the chip's
 dense bfloat16 peak (989 TFLOP/s for an H100 or H200 SXM). Run it once per
 backend. `--workload tiny` runs the same code in seconds on a CPU.
+`tools/benchmark_gpu.sh` runs it for every backend in one go, within a
+time budget.
 """
 
 import argparse
@@ -76,10 +78,23 @@ def release():
             torch.cuda.empty_cache()
 
 
-def largest_batch(workload, min_batch, max_batch):
-    """The largest power-of-two multiple of `min_batch` whose step fits."""
+def largest_batch(workload, min_batch, max_batch, seconds=None):
+    """The largest power-of-two multiple of `min_batch` whose step fits.
+
+    With `seconds`, no larger batch is tried once that many seconds have
+    passed (each try builds and compiles a model).
+    """
+    import time
+
+    start = time.monotonic()
     fitted, batch_size = None, min_batch
     while batch_size <= max_batch:
+        if fitted and seconds and time.monotonic() - start > seconds:
+            print(
+                f"[gpu] search stopped after {seconds} s at batch {fitted}",
+                file=sys.stderr,
+            )
+            break
         try:
             _, step, _ = make_step(workload, batch_size)
             step()
@@ -118,6 +133,11 @@ def main(argv=None):
         type=int,
         help="Skip the search and time this batch.",
     )
+    parser.add_argument(
+        "--search-seconds",
+        type=int,
+        help="Try no larger batch once the search has taken this long.",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
@@ -129,7 +149,14 @@ def main(argv=None):
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     check_at_least(
-        parser, args, 1, "min_batch", "max_batch", "repeats", "batch_size"
+        parser,
+        args,
+        1,
+        "min_batch",
+        "max_batch",
+        "repeats",
+        "batch_size",
+        "search_seconds",
     )
     check_at_least(parser, args, 0, "warmup")
     if args.peak_tflops <= 0:
@@ -140,7 +167,7 @@ def main(argv=None):
     from keras_aimv2.flops import pretraining_flops
 
     batch_size = args.batch_size or largest_batch(
-        args.workload, args.min_batch, args.max_batch
+        args.workload, args.min_batch, args.max_batch, args.search_seconds
     )
     pretrainer, step, configs = make_step(args.workload, batch_size)
     seconds, _ = median_seconds(step, args.repeats, args.warmup)
