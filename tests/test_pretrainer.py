@@ -229,3 +229,21 @@ def test_greedy_captions_are_the_argmax_of_their_own_forward_pass():
     _, text_outputs = pretrainer.decoder(features, ids[:, :-1])
     logits = to_numpy(pretrainer.text_head(text_outputs))
     np.testing.assert_array_equal(logits.argmax(-1), ids)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_automatic_compilation_by_backend_and_precision(dtype):
+    backbone = keras_aimv2.AIMV2Backbone(**TINY_BACKBONE, dtype=dtype)
+    pretrainer = keras_aimv2.AIMV2Pretrainer(backbone, **TINY_DECODER)
+    pretrainer.compile()
+    backend = keras.config.backend()
+    # TensorFlow on a CPU: XLA in float32; its own oneDNN kernels, which
+    # reach the processor's bfloat16 units, in bfloat16.
+    expected = {
+        "jax": True,
+        "torch": False,
+        "tensorflow": dtype == "float32",
+    }[backend]
+    assert pretrainer.jit_compile is expected
+    logs = pretrainer.train_on_batch(make_batch(), return_dict=True)
+    assert np.isfinite(to_numpy(logs["loss"]))
