@@ -427,6 +427,23 @@ def test_apple_and_timm_layouts_give_identical_outputs(small, tmp_path):
     assert np.max(np.abs(reference - small["expected"])) < TOLERANCE
 
 
+def test_checkpoint_loads_under_a_mixed_precision_policy(small):
+    float32 = conversion.load_checkpoint(small["path"], num_heads=2)
+    mixed = conversion.load_checkpoint(
+        small["path"], num_heads=2, dtype="mixed_bfloat16"
+    )
+    assert mixed.backbone.compute_dtype == "bfloat16"
+    # Weights stay float32 and equal; outputs agree to bfloat16 precision.
+    pairs = zip(mixed.backbone.weights, float32.backbone.weights, strict=True)
+    for ours, theirs in pairs:
+        assert ours.dtype == "float32"
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
+    outputs = to_numpy(mixed.backbone(small["images"])).astype("float32")
+    reference = to_numpy(float32.backbone(small["images"]))
+    assert np.max(np.abs(outputs - reference)) < 0.1 * np.max(np.abs(reference))
+    assert not np.array_equal(outputs, reference)
+
+
 def assert_fails_cleanly(state_dict, tmp_path, *fragments):
     source = save_state_dict(state_dict, tmp_path / "broken.safetensors")
     output = tmp_path / "out" / "preset"

@@ -256,9 +256,10 @@ def run_backend(
     )
 
     if reference_weights and ":" not in variant:
-        # Built under the global `dtype_policy` set above.
         converted = conversion.load_checkpoint(
-            reference_weights, num_heads=backbone_config["num_heads"]
+            reference_weights,
+            num_heads=backbone_config["num_heads"],
+            dtype=dtype_policy,
         )
         backbone = converted.backbone
         backbone.compile(jit_compile=variant != "torch")

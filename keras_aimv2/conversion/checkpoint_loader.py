@@ -100,7 +100,9 @@ def checkpoint_image_converter(image_size):
     )
 
 
-def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
+def load_checkpoint(
+    source, num_heads=None, preset_name=None, log=None, dtype="float32"
+):
     """Load a released AIMv2 checkpoint into an `AIMV2Backbone`.
 
     Reads the safetensors weights, recognizes their layout, infers the
@@ -123,6 +125,10 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
             before anything is built). Defaults to `None`.
         log: callable or `None`. Called with progress messages. Defaults
             to `None`.
+        dtype: str or `keras.DTypePolicy`. Dtype policy of the backbone and
+            head built, e.g. `"mixed_bfloat16"` to compute in bfloat16
+            (the weights stay float32 under a mixed policy). Defaults to
+            `"float32"`.
 
     Returns:
         A `ConvertedCheckpoint`.
@@ -165,7 +171,7 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
     if skipped:
         log(skipped_message(skipped, prefix))
 
-    backbone = AIMV2Backbone(**config, dtype="float32")
+    backbone = AIMV2Backbone(**config, dtype=dtype)
     assign(backbone, backbone_variables(backbone), rules, tensors)
     pool = None
     if head is not None:
@@ -174,7 +180,7 @@ def load_checkpoint(source, num_heads=None, preset_name=None, log=None):
             num_heads=config["num_heads"],
             output_dim=output_dim,
             use_bias=use_bias,
-            dtype="float32",
+            dtype=dtype,
             name="attention_pool",
         )
         pool.build((None, None, config["hidden_dim"]))
