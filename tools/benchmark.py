@@ -262,7 +262,13 @@ def run_backend(
             dtype=dtype_policy,
         )
         backbone = converted.backbone
-        backbone.compile(jit_compile=variant != "torch")
+        # As `AIMV2Pretrainer.compile` chooses: XLA on JAX, and on
+        # TensorFlow except for bfloat16 on a CPU (its oneDNN kernels
+        # reach the bf16 units, XLA:CPU's do not); PyTorch eagerly.
+        backbone.compile(
+            jit_compile=variant == "jax"
+            or (variant == "tensorflow" and dtype_policy == "float32")
+        )
         images = batch["images"]
 
         def infer():
