@@ -133,3 +133,31 @@ def configure():
     added = " ".join(f"{name}={value}" for name, value in FLAGS.items())
     os.environ["XLA_FLAGS"] = f"{current} {added}".strip()
     return True
+
+
+def prefers_tensorflow_kernels(compute_dtype):
+    """Whether TensorFlow's own kernels beat XLA:CPU at `compute_dtype`.
+
+    On a host without a GPU or TPU, XLA:CPU computes bfloat16 matmuls as
+    float32 GEMMs, while TensorFlow's oneDNN kernels use the processor's
+    bfloat16 units: there a bfloat16 step is faster without XLA
+    (`AIMV2Pretrainer.compile` chooses so). In float32 XLA is faster.
+
+    Args:
+        compute_dtype: str. The compute dtype of the model's layers.
+
+    Returns:
+        bool. True for bfloat16 on a TensorFlow host with no accelerator.
+
+    Example:
+
+    >>> prefers_tensorflow_kernels("float32")
+    False
+    """
+    if compute_dtype != "bfloat16":
+        return False
+    import tensorflow as tf
+
+    return not any(
+        tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU")
+    )

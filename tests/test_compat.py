@@ -455,3 +455,10 @@ def test_flags_set_after_importing_the_package_reach_jax():
     assert not results["on"]["ynn"]
     # Without it, JAX 0.10's XLA:CPU fuses the matmuls into YNNPACK calls.
     assert results["off"]["ynn"]
+
+
+def test_tensorflow_kernels_preferred_for_bfloat16_on_a_cpu():
+    # No GPU or TPU here: TensorFlow's oneDNN kernels reach the bf16 units.
+    assert xla_cpu.prefers_tensorflow_kernels("bfloat16") is True
+    assert xla_cpu.prefers_tensorflow_kernels("float32") is False
+    assert xla_cpu.prefers_tensorflow_kernels("float16") is False

@@ -5,6 +5,7 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_aimv2 import objective
+from keras_aimv2 import xla_cpu
 from keras_aimv2.api import register
 from keras_aimv2.compat import FirstReplicaSymbolicBuild
 from keras_aimv2.compat import variables_kept_on_failure
@@ -203,7 +204,8 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
             optimizer = aimv2_adamw()
         if jit_compile == "auto" and keras.config.backend() == "tensorflow":
             jit_compile = self.distribute_strategy.num_replicas_in_sync == 1
-            if _bfloat16_on_cpu(self.backbone.dtype_policy):
+            compute_dtype = self.backbone.dtype_policy.compute_dtype
+            if xla_cpu.prefers_tensorflow_kernels(compute_dtype):
                 jit_compile = False
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
@@ -432,17 +434,6 @@ def _match_patch_size(preprocessor, backbone):
             f"are {backbone.patch_size} pixels: build the preprocessor with "
             f"patch_size={backbone.patch_size} (or None)."
         )
-
-
-def _bfloat16_on_cpu(dtype_policy):
-    """Whether TensorFlow computes in bfloat16 and has no accelerator."""
-    import tensorflow as tf
-
-    if dtype_policy.compute_dtype != "bfloat16":
-        return False
-    return not any(
-        tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU")
-    )
 
 
 def _check_keys(inputs):
