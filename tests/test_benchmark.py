@@ -161,28 +161,32 @@ def test_summary_compares_with_the_official_trainer():
     assert "| small | mixed_bfloat16 | torch | 1000.0 | 2.0x |" in report
 
 
-def test_accelerator_script_runs_in_bfloat16_on_cpu(tmp_path):
-    backend = keras.config.backend()
-    process = subprocess.run(
+def run_gpu_script(output_dir, **settings):
+    """`tools/benchmark_gpu.sh` with this interpreter and `settings`."""
+    return subprocess.run(
         [
             "bash",
             os.path.join(ROOT, "tools", "benchmark_gpu.sh"),
-            str(tmp_path),
+            str(output_dir),
         ],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=600,
-        env={
-            **os.environ,
-            "PYTHON": sys.executable,
-            "BACKENDS": backend,
-            "WORKLOAD": "tiny",
-            "MIN_BATCH": "2",
-            "MAX_BATCH": "4",
-            "REPEATS": "1",
-            "PEAK_TFLOPS": "0.001",
-        },
+        env={**os.environ, "PYTHON": sys.executable, **settings},
+    )
+
+
+def test_accelerator_script_runs_in_bfloat16_on_cpu(tmp_path):
+    backend = keras.config.backend()
+    process = run_gpu_script(
+        tmp_path,
+        BACKENDS=backend,
+        WORKLOAD="tiny",
+        MIN_BATCH="2",
+        MAX_BATCH="4",
+        REPEATS="1",
+        PEAK_TFLOPS="0.001",
     )
     assert process.returncode == 0, process.stderr[-3000:]
     with open(tmp_path / f"gpu_{backend}.json") as file:
@@ -201,16 +205,6 @@ def test_accelerator_script_runs_in_bfloat16_on_cpu(tmp_path):
 
 
 def test_accelerator_script_names_a_bad_backend(tmp_path):
-    process = subprocess.run(
-        [
-            "bash",
-            os.path.join(ROOT, "tools", "benchmark_gpu.sh"),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "BACKENDS": "mxnet", "PYTHON": sys.executable},
-    )
+    process = run_gpu_script(tmp_path, BACKENDS="mxnet")
     assert process.returncode == 2
     assert "BACKENDS names 'mxnet'" in process.stderr
