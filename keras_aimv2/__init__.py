@@ -17,6 +17,7 @@ from keras_aimv2 import compat  # noqa: F401  (first: checks the versions)
 from keras_aimv2 import layers
 from keras_aimv2.configs import BACKBONE_CONFIGS
 from keras_aimv2.configs import DECODER_CONFIGS
+from keras_aimv2.configs import LIT_CONFIGS
 from keras_aimv2.data.pipeline import measure_throughput
 from keras_aimv2.data.pipeline import pretraining_dataset
 from keras_aimv2.data.tokenizer_training import train_sentencepiece
@@ -27,6 +28,7 @@ from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
     AIMV2ImageClassifierPreprocessor,
 )
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_lit_backbone import AIMV2LiTBackbone
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
     AIMV2PretrainerPreprocessor,
@@ -40,11 +42,13 @@ __all__ = [
     "AIMV2ImageClassifier",
     "AIMV2ImageClassifierPreprocessor",
     "AIMV2ImageConverter",
+    "AIMV2LiTBackbone",
     "AIMV2Pretrainer",
     "AIMV2PretrainerPreprocessor",
     "AIMV2Tokenizer",
     "BACKBONE_CONFIGS",
     "DECODER_CONFIGS",
+    "LIT_CONFIGS",
     "LayerDecayAdamW",
     "layers",
     "measure_throughput",

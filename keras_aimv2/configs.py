@@ -1,10 +1,12 @@
 """Named sizes of the AIMv2 encoder and pre-training decoder: one table.
 
-`ENCODER_SIZES` and `DECODER_SIZES` are the only place a named size is
-written down. Everything else is derived from them:
+`ENCODER_SIZES` and `DECODER_SIZES` (and `LIT_SIZES`, the text towers of
+the LiT image-text model) are the only place a named size is written down.
+Everything else is derived from them:
 
 - `BACKBONE_CONFIGS` and `DECODER_CONFIGS`, the `AIMV2Backbone` and
-  `AIMV2Pretrainer` arguments of each name;
+  `AIMV2Pretrainer` arguments of each name, and `LIT_CONFIGS`, the
+  `AIMV2LiTBackbone` arguments besides its vision encoder;
 - the named presets of Apple's released checkpoints, their configurations
   and metadata (`keras_aimv2.models.aimv2_presets`), from the sizes that
   record a release;
@@ -129,6 +131,56 @@ class DecoderSize:
             "decoder_intermediate_dim": self.intermediate_dim,
             "vocabulary_size": self.vocabulary_size,
             "context_length": self.context_length,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class LiTSize:
+    """A named size of the LiT model's text side (`AIMV2LiTBackbone`).
+
+    Attributes:
+        encoder: str. The `ENCODER_SIZES` name of its image tower.
+        hidden_dim: int. Width of the text tower.
+        num_layers: int. Blocks of the text tower.
+        num_heads: int. Attention heads of the text tower.
+        intermediate_dim: int. SwiGLU hidden width of the text tower.
+        vocabulary_size: int. Number of text tokens.
+        sequence_length: int. Most tokens per caption.
+        end_token_id: int. Id of the end token, where captions are pooled.
+        projection_dim: int. Width of the shared embedding space.
+
+    Example:
+
+    >>> LIT_SIZES["large"].config()["projection_dim"]
+    768
+    """
+
+    encoder: str
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    intermediate_dim: int
+    vocabulary_size: int
+    sequence_length: int
+    end_token_id: int
+    projection_dim: int
+
+    def config(self):
+        """The `AIMV2LiTBackbone` arguments of this size, without its
+        `vision_encoder` (an `AIMV2Backbone` of size `encoder`).
+
+        Returns:
+            A new dict of `AIMV2LiTBackbone` keyword arguments.
+        """
+        return {
+            "text_vocabulary_size": self.vocabulary_size,
+            "text_sequence_length": self.sequence_length,
+            "text_hidden_dim": self.hidden_dim,
+            "text_num_layers": self.num_layers,
+            "text_num_heads": self.num_heads,
+            "text_intermediate_dim": self.intermediate_dim,
+            "end_token_id": self.end_token_id,
+            "projection_dim": self.projection_dim,
         }
 
 
@@ -323,8 +375,40 @@ DECODER_SIZES = {
     ),
 }
 
+# The named sizes of the LiT model's text side.
+LIT_SIZES = {
+    # Tests, with `tiny` encoders and the test tokenizer (200 pieces, end 1).
+    "tiny": LiTSize(
+        encoder="tiny",
+        hidden_dim=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=64,
+        vocabulary_size=200,
+        sequence_length=8,
+        end_token_id=1,
+        projection_dim=32,
+    ),
+    # The released aimv2-large-patch14-224-lit (apple/ml-aim
+    # `aimv2_large_lit`): CLIP's BPE vocabulary, context and end token.
+    "large": LiTSize(
+        encoder="large",
+        hidden_dim=768,
+        num_layers=12,
+        num_heads=6,
+        intermediate_dim=2048,
+        vocabulary_size=49408,
+        sequence_length=77,
+        end_token_id=49407,
+        projection_dim=768,
+    ),
+}
+
 # `AIMV2Backbone` arguments of each named encoder size.
 BACKBONE_CONFIGS = {name: size.config() for name, size in ENCODER_SIZES.items()}
 
 # `AIMV2Pretrainer` decoder arguments of each named decoder size.
 DECODER_CONFIGS = {name: size.config() for name, size in DECODER_SIZES.items()}
+
+# `AIMV2LiTBackbone` arguments (besides the vision encoder) of each LiT size.
+LIT_CONFIGS = {name: size.config() for name, size in LIT_SIZES.items()}

@@ -10,10 +10,12 @@ from keras_aimv2.layers.heads import TextHead
 from keras_aimv2.layers.norm import RMSNorm
 from keras_aimv2.layers.patch_embedding import PatchEmbedding
 from keras_aimv2.layers.prefix import prefix_attention_mask
+from keras_aimv2.layers.text_encoder import CausalTextEncoder
 from keras_aimv2.layers.transformer import TransformerBlock
 
 __all__ = [
     "AttentionPool",
+    "CausalTextEncoder",
     "MultimodalCausalDecoder",
     "PatchEmbedding",
     "PixelHead",
