@@ -389,8 +389,98 @@ def pretrain(recipe, output_dir=None):
             recipe, the loss diverged, a signal stopped it); the message
             says what to do and `exit_status` is the command's status.
     """
+    return run_training(recipe, output_dir, PretrainingJob())
+
+
+class TrainingJob:
+    """What a command that trains through `run_training` builds and keeps.
+
+    `aimv2 pretrain` (`PretrainingJob`) and `aimv2 lit`
+    (`keras_aimv2.lit_tuning.LiTJob`) share everything else: the data
+    shards, the tokenizer, the run directory's lock and origins, the
+    training state, resumption, signals, logs and the held-out evaluation.
+
+    Attributes:
+        name: str. The command, in log lines and progress.
+        recipe_class: the recipe type the command runs.
+        model_sections: tuple of str. The recipe sections a saved training
+            state depends on (with the data entries and accumulation).
+    """
+
+    name = None
+    recipe_class = None
+    model_sections = ()
+
+    def build(self, recipe, tokenizer_path, distributed):
+        """The compiled model, built inside the distribution's scope."""
+        raise NotImplementedError
+
+    def describe(self, model):
+        """A log line about the model's size."""
+        return f"{model.count_params():,} parameters"
+
+    def image_size(self, model):
+        """`(height, width)` of the model's input images."""
+        return tuple(model.backbone.image_size)
+
+    def save(self, model, preset_dir):
+        """Save the trained model's presets under `preset_dir`."""
+        raise NotImplementedError
+
+    def report(self, model, recipe, evaluation, output_dir):
+        """Results beyond the held-out means, for `metrics.json`."""
+        return {}
+
+
+class PretrainingJob(TrainingJob):
+    """`aimv2 pretrain`: AIMv2's pre-training task, saved as the backbone
+    and pre-training presets, pictured on the held-out split."""
+
+    name = "pretrain"
+    recipe_class = PretrainingRecipe
+    model_sections = ("backbone", "decoder", "tokenizer")
+
+    def build(self, recipe, tokenizer_path, distributed):
+        pretrainer = build_pretrainer(recipe, tokenizer_path, distributed)
+        compile_pretrainer(pretrainer, recipe.training)
+        return pretrainer
+
+    def describe(self, model):
+        return (
+            f"encoder {model.backbone.count_params():,} parameters, "
+            f"pre-training model {model.count_params():,}"
+        )
+
+    def save(self, model, preset_dir):
+        model.backbone.save_to_preset(os.path.join(preset_dir, "backbone"))
+        model.save_to_preset(os.path.join(preset_dir, "pretrainer"))
+
+    def report(self, model, recipe, evaluation, output_dir):
+        if evaluation is None:
+            return {}
+        from keras_aimv2.visualize import draw_pictures
+
+        pictures = draw_pictures(
+            model,
+            evaluation,
+            os.path.join(output_dir, "logs", "training.csv"),
+            os.path.join(output_dir, "pictures"),
+        )
+        return {"pictures": pictures}
+
+
+def run_training(recipe, output_dir, job):
+    """Run a recipe of `job`'s kind end to end; returns its summary.
+
+    See `pretrain`, whose steps every `TrainingJob` shares.
+
+    Args:
+        recipe: a recipe of `job.recipe_class`, or a dict of its entries.
+        output_dir: str or `None`. Defaults to the recipe's `output_dir`.
+        job: `TrainingJob`. What is built, saved and reported.
+    """
     started = time.time()
-    recipe = typed_recipe(recipe, PretrainingRecipe)
+    recipe = typed_recipe(recipe, job.recipe_class)
     recipe.check_runnable()
     output_dir = recipe.output_directory(output_dir)
     # First: several processes must meet before any computation.
@@ -408,22 +498,22 @@ def pretrain(recipe, output_dir=None):
     lock = RunLock(work_dir)
     stops = StopRequests(log=log, on_abort=lock.release)
     with lock, stops, distributed.scope():
-        return _pretrain(
-            recipe, output_dir, work_dir, distributed, stops, started
+        return _train(
+            recipe, output_dir, work_dir, distributed, stops, started, job
         )
 
 
-def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
+def _train(recipe, output_dir, work_dir, distributed, stops, started, job):
     training = recipe.training
     accumulation = training.gradient_accumulation_steps
     # The work directory is the output directory on process 0, which alone
     # writes metrics.json.
-    output = RunOutput(work_dir, "pretrain")
+    output = RunOutput(work_dir, job.name)
     state = TrainingState(
         os.path.join(work_dir, "backup"),
         recipe_entries(
             recipe,
-            ("backbone", "decoder", "tokenizer"),
+            job.model_sections,
             DATA_ENTRIES + ("training.gradient_accumulation_steps",),
         ),
     )
@@ -439,15 +529,10 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
     stops.check()
     check_schema(recipe.data, train_dir, eval_dir, tokenizer_path, work_dir)
 
-    pretrainer = build_pretrainer(recipe, tokenizer_path, distributed)
-    compile_pretrainer(pretrainer, training)
-    distributed.wrap(pretrainer)
-    output.log(
-        f"encoder {pretrainer.backbone.count_params():,} parameters, "
-        f"pre-training model {pretrainer.count_params():,}; "
-        f"{_describe(distributed)}"
-    )
-    image_size = tuple(pretrainer.backbone.image_size)
+    model = job.build(recipe, tokenizer_path, distributed)
+    distributed.wrap(model)
+    output.log(f"{job.describe(model)}; {_describe(distributed)}")
+    image_size = job.image_size(model)
     train, evaluation = _datasets(recipe, image_size, train_dir, eval_dir)
     train = distributed.distribute_dataset(train)
     if evaluation is not None:
@@ -455,8 +540,8 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
     held_out = {}
     if evaluation is not None:
         # Before the training state is restored: the initial weights.
-        held_out["untrained"] = _evaluate(pretrainer, evaluation)
-    done = state.load(pretrainer) or 0
+        held_out["untrained"] = _evaluate(model, evaluation)
+    done = state.load(model) or 0
     planned = training.steps * accumulation
     if done:
         output.log(
@@ -465,7 +550,7 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
     logs_dir = os.path.join(output_dir, "logs")
     guard = RunGuard(stops, state, done, planned, accumulation)
     progress = FitProgress(
-        "pretrain",
+        job.name,
         training.steps,
         verbose=training.verbose if distributed.is_chief else 0,
         first_step=done // accumulation,
@@ -475,7 +560,7 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
     batches_per_epoch = training.steps_per_epoch * accumulation
     if done < planned:
         try:
-            pretrainer.fit(
+            model.fit(
                 train,
                 epochs=math.ceil(planned / batches_per_epoch),
                 initial_epoch=done // batches_per_epoch,
@@ -489,7 +574,7 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
                 + _log_callbacks(logs_dir, distributed),
             )
         except RunStopped as stopped:
-            state.save(pretrainer, guard.batches, f"at step {guard.step}")
+            state.save(model, guard.batches, f"at step {guard.step}")
             raise RunStopped(
                 stopped.signum,
                 f"{stopped} at step {guard.step} of {training.steps}; "
@@ -498,19 +583,18 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
             ) from None
     stops.check()
     if evaluation is not None:
-        held_out["trained"] = _evaluate(pretrainer, evaluation)
-    steps = int(keras.ops.convert_to_numpy(pretrainer.optimizer.iterations))
+        held_out["trained"] = _evaluate(model, evaluation)
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     steps //= accumulation
     # Every process takes part in gathering sharded weights.
-    pretrainer = distributed.local_copy(pretrainer)
+    model = distributed.local_copy(model)
     if not distributed.is_chief:
         output.log("done; process 0 writes the presets and pictures")
         return {"process_index": distributed.process_index}
 
-    check_finite(pretrainer, "after training")
+    check_finite(model, "after training")
     preset_dir = os.path.join(output_dir, "preset")
-    pretrainer.backbone.save_to_preset(os.path.join(preset_dir, "backbone"))
-    pretrainer.save_to_preset(os.path.join(preset_dir, "pretrainer"))
+    job.save(model, preset_dir)
     output.log(f"saved presets in {preset_dir}")
     summary = {
         "recipe": recipe.name,
@@ -520,14 +604,7 @@ def _pretrain(recipe, output_dir, work_dir, distributed, stops, started):
     }
     if evaluation is not None:
         summary["held_out"] = held_out
-        from keras_aimv2.visualize import draw_pictures
-
-        summary["pictures"] = draw_pictures(
-            pretrainer,
-            evaluation,
-            os.path.join(logs_dir, "training.csv"),
-            os.path.join(output_dir, "pictures"),
-        )
+    summary.update(job.report(model, recipe, evaluation, output_dir))
     summary["wall_time_s"] = round(time.time() - started, 1)
     output.write_metrics(summary)
     output.log(json.dumps(summary, indent=2))
@@ -635,10 +712,10 @@ def _describe(distributed):
     return text
 
 
-def _evaluate(pretrainer, evaluation):
+def _evaluate(model, evaluation):
     """Held-out means, rounded; a value that is not finite becomes `None`
     (JSON has no NaN)."""
-    values = pretrainer.evaluate(evaluation, verbose=0, return_dict=True)
+    values = model.evaluate(evaluation, verbose=0, return_dict=True)
     return {
         key: round(float(value), 4) if math.isfinite(value) else None
         for key, value in values.items()
