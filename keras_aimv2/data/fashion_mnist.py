@@ -200,8 +200,36 @@ def fashion_caption(label, rng):
     words = CLASS_WORDS[label]
     item = words[int(rng.integers(len(words)))]
     template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
-    article = "an" if item[0] in "aeiou" else "a"
-    return template.format(a=article, item=item)
+    return template.format(a=_article(item), item=item)
+
+
+def class_phrase(label):
+    """How captions first name a class, with its article ("an ankle boot").
+
+    The class names of zero-shot prompts (`keras_aimv2.lit_tuning`).
+
+    Args:
+        label: int. The class, in `[0, 10)`.
+
+    Returns:
+        A str.
+
+    Example:
+
+    >>> class_phrase(9)
+    'an ankle boot'
+    """
+    if not 0 <= label < len(CLASS_WORDS):
+        raise ValueError(
+            f"`label` must be a class in [0, {len(CLASS_WORDS)}). Received: "
+            f"label={label!r}"
+        )
+    item = CLASS_WORDS[label][0]
+    return f"{_article(item)} {item}"
+
+
+def _article(word):
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _png(pixels, image_size):
