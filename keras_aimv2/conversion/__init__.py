@@ -10,8 +10,12 @@ is also read out of the whole image-text checkpoint: under
 attention-pool head as `head.cls_token`, `head.k`, `head.v`,
 `head.linear`) and under `vision_model.` in transformers' CLIP-style
 `Aimv2Model` (head `head.cls_token`, `head.k_proj`, `head.v_proj`,
-`head.output_proj`). Their text towers and projections are not converted:
-they are skipped, and listed in `conversion.json`.
+`head.output_proj`). Their text towers and projections are skipped
+(listed in `conversion.json`) unless the whole LiT model is asked for
+(`lit=True`, `--lit`): then text tower (`text_encoder.` / `text_model.`),
+projections and logit scale are converted too, into an
+`AIMV2LiTBackbone`, with the checkpoint's CLIP tokenizer (`vocab.json`,
+`merges.txt`) in an `AIMV2LiTPreprocessor` when it has one.
 
 The configuration is inferred from the tensor shapes (and from a
 `config.json` beside the weights when there is one), every tensor is
@@ -31,6 +35,7 @@ The package is split as keras-hub splits its checkpoint conversion:
   checks made before any is set;
 - `config_inference`: the `AIMV2Backbone` configuration from the shapes;
 - `checkpoint_loader`: `load_checkpoint`, which puts them together;
+- `lit_loader`: `load_lit_checkpoint`, the same for a whole LiT model;
 - `preset_writer`: `convert_checkpoint`, which writes the preset, and
   `load_attention_pool`;
 - `command_line`: `aimv2 convert`.
@@ -40,7 +45,7 @@ arguments):
 
 ```
 aimv2 convert SOURCE OUTPUT_DIR [--num-heads N] [--preset-name NAME]
-    [--overwrite]
+    [--lit] [--num-text-heads N] [--overwrite]
 ```
 
 Example:
@@ -50,6 +55,10 @@ Example:
 ...     "aimv2-large-patch14-224", "presets/aimv2_large_patch14_224"
 ... )
 >>> backbone = AIMV2Backbone.from_preset("presets/aimv2_large_patch14_224")
+>>> conversion.convert_checkpoint(  # doctest: +SKIP
+...     "aimv2-large-patch14-224-lit", "presets/lit", lit=True
+... )
+>>> lit = AIMV2LiTBackbone.from_preset("presets/lit")
 """
 
 from keras_aimv2.conversion.checkpoint_loader import CLIP_MEAN
@@ -60,9 +69,13 @@ from keras_aimv2.conversion.checkpoint_loader import load_checkpoint
 from keras_aimv2.conversion.command_line import main
 from keras_aimv2.conversion.config_inference import RELEASED_HEAD_DIM
 from keras_aimv2.conversion.config_inference import infer_config
+from keras_aimv2.conversion.config_inference import infer_lit_config
 from keras_aimv2.conversion.errors import CheckpointError
 from keras_aimv2.conversion.layouts import LAYOUTS
 from keras_aimv2.conversion.layouts import detect_layout
+from keras_aimv2.conversion.layouts import is_whole_lit
+from keras_aimv2.conversion.lit_loader import ConvertedLiTCheckpoint
+from keras_aimv2.conversion.lit_loader import load_lit_checkpoint
 from keras_aimv2.conversion.preset_writer import ATTENTION_POOL_CONFIG_FILE
 from keras_aimv2.conversion.preset_writer import ATTENTION_POOL_WEIGHTS_FILE
 from keras_aimv2.conversion.preset_writer import CONVERSION_FILE
@@ -81,12 +94,16 @@ __all__ = [
     "RELEASED_HEAD_DIM",
     "CheckpointError",
     "ConvertedCheckpoint",
+    "ConvertedLiTCheckpoint",
     "checkpoint_image_converter",
     "convert_checkpoint",
     "detect_layout",
     "infer_config",
+    "infer_lit_config",
+    "is_whole_lit",
     "load_attention_pool",
     "load_checkpoint",
+    "load_lit_checkpoint",
     "main",
     "read_safetensors",
     "safetensors_files",

@@ -112,7 +112,8 @@ def load_checkpoint(
     every weight of the backbone (and of an `AttentionPool` for a
     `head.*`). Of a whole LiT checkpoint only the image tower and its head
     are converted: the text tower and the projections are skipped (listed
-    in `skipped_keys` and logged). bfloat16 weights are read exactly, as
+    in `skipped_keys` and logged); `load_lit_checkpoint` converts them
+    all. bfloat16 weights are read exactly, as
     float32.
 
     Args:

@@ -31,7 +31,9 @@ def main(argv=None, prog="aimv2 convert"):
         description=(
             "Convert a released AIMv2 checkpoint (safetensors; Apple's, "
             "Hugging Face transformers' or timm's layout) into a keras-hub "
-            "preset directory."
+            "preset directory. Of the LiT checkpoint only the image tower "
+            "and its attention-pool head are converted, unless --lit is "
+            "given."
         ),
     )
     parser.add_argument(
@@ -53,11 +55,27 @@ def main(argv=None, prog="aimv2 convert"):
         "aimv2_large_patch14_224",
     )
     parser.add_argument(
+        "--lit",
+        action="store_true",
+        help="convert the whole LiT checkpoint (image and text towers, "
+        "projections, logit scale) into an AIMV2LiTBackbone, with its CLIP "
+        "tokenizer when vocab.json and merges.txt lie beside the weights",
+    )
+    parser.add_argument(
+        "--num-text-heads",
+        type=int,
+        default=None,
+        help="attention heads of the LiT text tower, with --lit (default: "
+        "config.json's text_config, else width / 128)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing output directory",
     )
     args = parser.parse_args(argv)
+    if args.num_text_heads is not None and not args.lit:
+        parser.error("--num-text-heads is only used with --lit")
     try:
         convert_checkpoint(
             args.source,
@@ -66,6 +84,8 @@ def main(argv=None, prog="aimv2 convert"):
             preset_name=args.preset_name,
             overwrite=args.overwrite,
             log=lambda message: print(message, flush=True),
+            lit=args.lit,
+            num_text_heads=args.num_text_heads,
         )
     except (CheckpointError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

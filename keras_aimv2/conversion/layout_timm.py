@@ -4,7 +4,8 @@
 value fused), `blocks.N.mlp.fc1_g.weight` and `fc1_x` (SwiGLU gate and
 up), `norm.weight`; a `(1, num_patches, hidden_dim)` position embedding.
 Apple's `AIMv2LiT` may also hold its image tower in these names, under
-`image_encoder.`, with Apple's names for the head and the text tower.
+`image_encoder.`, with Apple's names for the head, the text tower and the
+projections.
 """
 
 from keras_aimv2.conversion import layout_apple
@@ -34,3 +35,9 @@ POSITION_EMBEDDING_BATCH_AXIS = True
 LIT_PREFIX = layout_apple.LIT_PREFIX
 LIT_OTHER_NAMES = layout_apple.LIT_OTHER_NAMES
 BUFFERS = ()
+# Its text tower and projections keep Apple's names.
+TEXT_PREFIX = layout_apple.TEXT_PREFIX
+TEXT_KEY_NAMES = layout_apple.TEXT_KEY_NAMES
+TEXT_QKV_ROLES = layout_apple.TEXT_QKV_ROLES
+TEXT_BUFFERS = layout_apple.TEXT_BUFFERS
+LIT_KEY_NAMES = layout_apple.LIT_KEY_NAMES

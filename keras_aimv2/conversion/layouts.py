@@ -2,9 +2,11 @@
 
 Each layout has a module of its key names (`layout_apple`,
 `layout_transformers`, `layout_timm`); this module recognizes a
-checkpoint's layout from its keys, spells the key of each role, and sets
-aside the keys that are not converted (a LiT model's text tower and
-projections, buffers holding no parameters).
+checkpoint's layout from its keys, spells the key of each role (of the
+image tower, of a LiT model's text tower, of its projections), tells a
+whole LiT checkpoint from an image tower alone, and sets aside the keys
+that are not converted (a LiT model's text tower and projections when
+only its image tower is, buffers holding no parameters).
 """
 
 import re
@@ -19,6 +21,9 @@ _MODULES = {
     for module in (layout_apple, layout_transformers, layout_timm)
 }
 LAYOUTS = tuple(_MODULES)
+# The towers whose keys `source_key` spells: the image encoder and a LiT
+# model's text encoder.
+TOWERS = ("image", "text")
 
 
 def layout_module(layout):
@@ -62,16 +67,43 @@ def key_prefixes(layout):
     return ("", layout_module(layout).LIT_PREFIX)
 
 
-def source_key(layout, prefix, role, block=None):
+def key_names(layout, tower="image"):
+    """The key name of each role of a tower, in a layout.
+
+    Args:
+        layout: str. One of `LAYOUTS`.
+        tower: str. `"image"` (the vision encoder) or `"text"` (a LiT
+            model's text encoder). Defaults to `"image"`.
+
+    Returns:
+        A dict from role (`"patch_weight"`, `"gate"`, ...) to key name;
+        `"block"` is the prefix of block `i` (`"...{}."`).
+
+    Example:
+
+    >>> key_names("apple", "text")["token_embedding"]
+    'preprocessor.text_embedding.weight'
+    """
+    module = layout_module(layout)
+    if tower == "image":
+        return module.KEY_NAMES
+    if tower == "text":
+        return module.TEXT_KEY_NAMES
+    raise ValueError(f"Unknown `tower`: {tower!r}. Expected one of {TOWERS}.")
+
+
+def source_key(layout, prefix, role, block=None, tower="image"):
     """The checkpoint key of a role, in a block or outside any.
 
     Args:
         layout: str. One of `LAYOUTS`.
-        prefix: str. Prefix of the encoder's keys.
+        prefix: str. Prefix of the tower's keys.
         role: str. A key of the layout's `KEY_NAMES` (`"patch_weight"`,
-            `"gate"`, ...).
+            `"gate"`, ...) or, for the text tower, of its
+            `TEXT_KEY_NAMES`.
         block: int or `None`. The block index of a per-block role.
             Defaults to `None`.
+        tower: str. `"image"` or `"text"`. Defaults to `"image"`.
 
     Returns:
         The key (str).
@@ -80,19 +112,22 @@ def source_key(layout, prefix, role, block=None):
 
     >>> source_key("apple", "", "gate", block=3)
     'trunk.blocks.3.mlp.fc1.weight'
+    >>> source_key("transformers", "text_model.", "q", 0, tower="text")
+    'text_model.encoder.layers.0.attention.q_proj.weight'
     """
-    names = layout_module(layout).KEY_NAMES
+    names = key_names(layout, tower)
     start = prefix if block is None else prefix + names["block"].format(block)
     return start + names[role]
 
 
-def block_indices(keys, layout, prefix):
+def block_indices(keys, layout, prefix, tower="image"):
     """The block indices present among a checkpoint's keys.
 
     Args:
         keys: iterable of str. The checkpoint's keys.
         layout: str. One of `LAYOUTS`.
-        prefix: str. Prefix of the encoder's keys.
+        prefix: str. Prefix of the tower's keys.
+        tower: str. `"image"` or `"text"`. Defaults to `"image"`.
 
     Returns:
         A set of ints.
@@ -103,7 +138,7 @@ def block_indices(keys, layout, prefix):
     >>> sorted(block_indices(keys, "timm", ""))
     [0, 1]
     """
-    block = layout_module(layout).KEY_NAMES["block"]
+    block = key_names(layout, tower)["block"]
     pattern = re.compile(re.escape(prefix + block).replace(r"\{\}", r"(\d+)"))
     return {int(m.group(1)) for m in map(pattern.match, keys) if m}
 
@@ -159,17 +194,95 @@ def detect_layout(keys):
     return found[0]
 
 
-def skipped_keys(tensors, layout, prefix):
+def lit_key(layout, role):
+    """The key of a LiT model's projection or logit scale, in a layout.
+
+    Args:
+        layout: str. One of `LAYOUTS`.
+        role: str. `"image_projection"`, `"text_projection"` or
+            `"log_logit_scale"`.
+
+    Returns:
+        The key (str).
+
+    Example:
+
+    >>> lit_key("transformers", "log_logit_scale")
+    'logit_scale'
+    """
+    names = layout_module(layout).LIT_KEY_NAMES
+    if role not in names:
+        raise ValueError(
+            f"Unknown LiT `role`: {role!r}. Expected one of {tuple(names)}."
+        )
+    return names[role]
+
+
+def text_prefix(layout):
+    """The prefix of a LiT model's text tower in a layout.
+
+    Args:
+        layout: str. One of `LAYOUTS`.
+
+    Returns:
+        The prefix (str): `"text_encoder."` (Apple's `AIMv2LiT`) or
+        `"text_model."` (transformers' `Aimv2Model`).
+
+    Example:
+
+    >>> text_prefix("apple")
+    'text_encoder.'
+    """
+    return layout_module(layout).TEXT_PREFIX
+
+
+def is_whole_lit(keys, layout, prefix):
+    """Whether a checkpoint holds a whole LiT model, not an image tower.
+
+    A whole LiT checkpoint has its image tower under the layout's LiT
+    prefix and, beside it, any key of the text tower, the projections or
+    the logit scale.
+
+    Args:
+        keys: iterable of str. The checkpoint's keys.
+        layout: str. One of `LAYOUTS`.
+        prefix: str. Prefix of the image tower's keys (`detect_layout`).
+
+    Returns:
+        bool.
+
+    Example:
+
+    >>> is_whole_lit(["vision_model.rms_norm.weight", "logit_scale"],
+    ...              "transformers", "vision_model.")
+    True
+    >>> is_whole_lit(["rms_norm.weight"], "transformers", "")
+    False
+    """
+    module = layout_module(layout)
+    if not prefix or prefix != module.LIT_PREFIX:
+        return False
+    others = set(module.LIT_KEY_NAMES.values())
+    return any(
+        key.startswith(module.TEXT_PREFIX) or key in others for key in keys
+    )
+
+
+def skipped_keys(tensors, layout, prefix, whole_lit=False):
     """The keys left out on purpose: outside the image tower, or buffers.
 
     Args:
         tensors: dict or iterable of str. The checkpoint's keys.
         layout: str. One of `LAYOUTS`.
-        prefix: str. Prefix of the encoder's keys.
+        prefix: str. Prefix of the image tower's keys.
+        whole_lit: bool. Whether the whole LiT model is converted: then
+            only buffers are left out, of either tower. Defaults to
+            `False`.
 
     Returns:
         A sorted list of keys: under a LiT model's text tower, projections
-        or logit scale, and buffers holding no parameters.
+        or logit scale (unless `whole_lit`), and buffers holding no
+        parameters.
 
     Example:
 
@@ -178,22 +291,31 @@ def skipped_keys(tensors, layout, prefix):
     ['logit_scale']
     """
     module = layout_module(layout)
+    buffers = {prefix + name for name in module.BUFFERS}
+    if whole_lit:
+        buffers |= {module.TEXT_PREFIX + name for name in module.TEXT_BUFFERS}
     skipped = []
     for key in tensors:
-        if prefix and not key.startswith(prefix):
-            if key.split(".")[0] in module.LIT_OTHER_NAMES:
-                skipped.append(key)
-        elif key[len(prefix) :] in module.BUFFERS:
+        if key in buffers:
+            skipped.append(key)
+        elif (
+            not whole_lit
+            and prefix
+            and not key.startswith(prefix)
+            and key.split(".")[0] in module.LIT_OTHER_NAMES
+        ):
             skipped.append(key)
     return sorted(skipped)
 
 
-def skipped_message(skipped, prefix):
+def skipped_message(skipped, prefix, whole_lit=False):
     """Say which keys are skipped, and why, in one log line.
 
     Args:
         skipped: list of str. Keys from `skipped_keys`.
-        prefix: str. Prefix of the encoder's keys.
+        prefix: str. Prefix of the image tower's keys.
+        whole_lit: bool. Whether the whole LiT model is converted (every
+            skipped key is then a buffer). Defaults to `False`.
 
     Returns:
         The message (str).
@@ -205,7 +327,7 @@ def skipped_message(skipped, prefix):
     """
     outside, buffers = {}, []
     for key in skipped:
-        if key.startswith(prefix):
+        if whole_lit or key.startswith(prefix):
             buffers.append(key)
         else:
             outside.setdefault(key.split(".")[0], []).append(key)
@@ -217,7 +339,8 @@ def skipped_message(skipped, prefix):
         )
         parts.append(
             "the LiT model's text tower and projections, which are not "
-            f"converted (only its image tower `{prefix}*` is): {groups}"
+            f"converted (only its image tower `{prefix}*` is; pass `--lit` "
+            f"to convert the whole model): {groups}"
         )
     if buffers:
         parts.append(f"buffers holding no parameters: {', '.join(buffers)}")

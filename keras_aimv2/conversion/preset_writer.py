@@ -3,9 +3,12 @@
 The directory holds the backbone (`AIMV2Backbone.from_preset`), the
 checkpoint's image converter, `conversion.json` (source files, layout,
 configuration, parameter counts, skipped keys) and, for the LiT
-checkpoint, its attention-pool head (`load_attention_pool`). It is written
-to a temporary directory beside the target and renamed into place, so a
-failed conversion leaves nothing behind.
+checkpoint, its attention-pool head (`load_attention_pool`). With
+`lit=True` the whole LiT checkpoint is converted instead: the directory
+holds an `AIMV2LiTBackbone` and, when the checkpoint has its CLIP
+tokenizer, an `AIMV2LiTPreprocessor` (tokenizer and image converter). It
+is written to a temporary directory beside the target and renamed into
+place, so a failed conversion leaves nothing behind.
 """
 
 import json
@@ -19,6 +22,7 @@ from keras_aimv2.conversion.checkpoint_loader import CLIP_MEAN
 from keras_aimv2.conversion.checkpoint_loader import CLIP_STD
 from keras_aimv2.conversion.checkpoint_loader import load_checkpoint
 from keras_aimv2.conversion.config_inference import check_preset_name
+from keras_aimv2.conversion.lit_loader import load_lit_checkpoint
 from keras_aimv2.models.aimv2_presets import backbone_presets
 from keras_aimv2.models.aimv2_presets import preset_directory
 
@@ -100,6 +104,56 @@ def _write_preset(converted, directory, source, preset_name):
         json.dump(record, f, indent=4)
 
 
+def _write_lit_preset(converted, directory, source, preset_name):
+    """Save the LiT model, its preprocessing and the conversion record."""
+    model = converted.model
+    model.save_to_preset(directory)
+    if converted.tokenizer is not None:
+        from keras_aimv2.models.aimv2_lit_preprocessor import (
+            AIMV2LiTPreprocessor,
+        )
+
+        preprocessor = AIMV2LiTPreprocessor(
+            tokenizer=converted.tokenizer,
+            image_converter=converted.image_converter,
+            sequence_length=converted.config["text_sequence_length"],
+        )
+        preprocessor.save_to_preset(directory)
+    else:
+        converted.image_converter.save_to_preset(directory)
+    image_size = converted.image_converter.image_size
+    record = {
+        "source": os.path.abspath(os.fspath(source)),
+        "source_files": converted.source_files,
+        "tokenizer_files": converted.tokenizer_files,
+        "layout": converted.layout,
+        "key_prefix": converted.prefix,
+        "whole_lit": True,
+        "skipped_keys": converted.skipped_keys,
+        "preset_name": preset_name,
+        "vision_config": converted.vision_config,
+        "config": converted.config,
+        "num_heads_from": converted.num_heads_from,
+        "inferred_from": converted.sources,
+        "parameter_count": model.count_params(),
+        "vision_encoder_parameter_count": (model.vision_encoder.count_params()),
+        "preprocessing": {
+            "mean": CLIP_MEAN,
+            "std": CLIP_STD,
+            "interpolation": "bicubic",
+            "crop_ratio": 1.0,
+            "image_size": list(image_size),
+            "tokenizer": (
+                None
+                if converted.tokenizer is None
+                else type(converted.tokenizer).__name__
+            ),
+        },
+    }
+    with open(os.path.join(directory, CONVERSION_FILE), "w") as f:
+        json.dump(record, f, indent=4)
+
+
 def _move_into_place(staging, output_dir):
     """Rename `staging` to `output_dir`, replacing an existing one."""
     if not os.path.exists(output_dir):
@@ -122,6 +176,8 @@ def convert_checkpoint(
     preset_name=None,
     overwrite=False,
     log=None,
+    lit=False,
+    num_text_heads=None,
 ):
     """Convert a released AIMv2 checkpoint into a keras-hub preset directory.
 
@@ -132,6 +188,16 @@ def convert_checkpoint(
     LiT checkpoint, its attention-pool head (`load_attention_pool`). It
     is written to a temporary directory and renamed into place, so a
     failed conversion leaves nothing behind.
+
+    With `lit=True` a whole LiT checkpoint (`aimv2-large-patch14-224-lit`,
+    Apple's `AIMv2LiT` or transformers' `Aimv2Model`) is converted
+    instead, image and text towers, projections and logit scale, into an
+    `AIMV2LiTBackbone` (`AIMV2LiTBackbone.from_preset`); when the
+    checkpoint directory has its CLIP tokenizer (`vocab.json`,
+    `merges.txt`) the preset also holds an `AIMV2LiTPreprocessor`
+    (`keras_hub.tokenizers.CLIPTokenizer` and the image converter).
+    Without it, a LiT checkpoint gives its image tower and head, as any
+    other.
 
     Args:
         source: str. A `.safetensors` file or a checkpoint directory.
@@ -146,6 +212,13 @@ def convert_checkpoint(
             `False`.
         log: callable or `None`. Called with progress messages. Defaults
             to `None`.
+        lit: bool. Convert the whole LiT model into an
+            `AIMV2LiTBackbone`; the checkpoint must be a whole LiT one.
+            With it, `preset_name` names the preset of the image tower
+            (`"aimv2_large_patch14_224_lit"`). Defaults to `False`.
+        num_text_heads: int or `None`. Attention heads of the LiT text
+            tower; see `load_lit_checkpoint`. Only with `lit=True`.
+            Defaults to `None`.
 
     Returns:
         The absolute path of the preset directory (str).
@@ -161,19 +234,40 @@ def convert_checkpoint(
     ...     "aimv2-large-patch14-224", "presets/aimv2_large_patch14_224"
     ... )
     >>> AIMV2Backbone.from_preset("presets/aimv2_large_patch14_224")
+    >>> convert_checkpoint(  # doctest: +SKIP
+    ...     "aimv2-large-patch14-224-lit", "presets/lit", lit=True
+    ... )
+    >>> AIMV2LiTBackbone.from_preset("presets/lit")
     """
     log = log or (lambda message: None)
     output_dir = os.path.abspath(os.fspath(output_dir))
     if preset_name is not None:
         check_preset_name(preset_name)
+    if num_text_heads is not None and not lit:
+        raise ValueError(
+            "`num_text_heads` sets the heads of a LiT text tower, converted "
+            "only with lit=True (`--lit`). Received: "
+            f"num_text_heads={num_text_heads!r}, lit={lit!r}"
+        )
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(
             f"`output_dir` already exists: {output_dir}. Remove it or pass "
             "overwrite=True (`--overwrite`)."
         )
-    converted = load_checkpoint(
-        source, num_heads=num_heads, preset_name=preset_name, log=log
-    )
+    if lit:
+        converted = load_lit_checkpoint(
+            source,
+            num_heads=num_heads,
+            num_text_heads=num_text_heads,
+            preset_name=preset_name,
+            log=log,
+        )
+        write = _write_lit_preset
+    else:
+        converted = load_checkpoint(
+            source, num_heads=num_heads, preset_name=preset_name, log=log
+        )
+        write = _write_preset
 
     parent = os.path.dirname(output_dir)
     created = _make_parents(parent)
@@ -182,7 +276,7 @@ def convert_checkpoint(
     )
     try:
         log(f"Writing the preset to {output_dir} ...")
-        _write_preset(converted, staging, source, preset_name)
+        write(converted, staging, source, preset_name)
         _move_into_place(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -199,6 +199,37 @@ def locate_keys(files, keys):
     return found
 
 
+def read_checkpoint_config(source):
+    """The whole config.json beside a checkpoint's weights, or `None`.
+
+    Of a CLIP-style image-text config (transformers' `Aimv2Model`) the
+    whole dict is returned, `text_config` and `vision_config` included. A
+    keras-hub preset's config.json (which names a `registered_name`) is
+    not a checkpoint's, and gives `None`.
+
+    Args:
+        source: str. A `.safetensors` file or a checkpoint directory.
+
+    Returns:
+        A dict, or `None` when there is no checkpoint config.json.
+
+    Example:
+
+    >>> read_checkpoint_config("aimv2-large-patch14-224-lit")  # doctest: +SKIP
+    {'projection_dim': 768, 'text_config': {...}, 'vision_config': {...}}
+    """
+    source = os.fspath(source)
+    directory = source if os.path.isdir(source) else os.path.dirname(source)
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict) or "registered_name" in config:
+        return None  # Not a checkpoint's config (e.g. a keras-hub preset).
+    return config
+
+
 def read_config_json(source):
     """The (vision) config.json beside a checkpoint's weights, or `None`.
 
@@ -217,15 +248,7 @@ def read_config_json(source):
     >>> read_config_json("aimv2-large-patch14-224")  # doctest: +SKIP
     {'hidden_size': 1024, 'num_attention_heads': 8, ...}
     """
-    source = os.fspath(source)
-    directory = source if os.path.isdir(source) else os.path.dirname(source)
-    path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    if not isinstance(config, dict) or "registered_name" in config:
-        return None  # Not a checkpoint's config (e.g. a keras-hub preset).
-    if isinstance(config.get("vision_config"), dict):
+    config = read_checkpoint_config(source)
+    if config is not None and isinstance(config.get("vision_config"), dict):
         config = config["vision_config"]
     return config

@@ -1,13 +1,15 @@
 """Rules mapping a checkpoint's tensors onto the Keras weights.
 
 Every weight of `AIMV2Backbone` (and of the LiT model's `AttentionPool`
-head) has one `WeightRule`: the source keys it is made from, in the
-checkpoint's layout, their expected shapes, and how they combine into the
-Keras weight (PyTorch's `(out, in)` linear weights transposed, fused query,
-key and value projections concatenated, the patch convolution unrolled).
-All rules are checked against the checkpoint (no key missing, none left
-over, every shape as expected, every value finite) before any weight is
-set.
+head, and of the whole `AIMV2LiTBackbone`: text tower, projections and
+logit scale) has one `WeightRule`: the source keys it is made from, in
+the checkpoint's layout, their expected shapes, and how they combine into
+the Keras weight (PyTorch's `(out, in)` linear weights transposed, fused
+query, key and value projections concatenated, the patch convolution
+unrolled). The transformer blocks of the image and the text towers share
+one set of per-block rules (`block_rules`). All rules are checked against
+the checkpoint (no key missing, none left over, every shape as expected,
+every value finite) before any weight is set.
 """
 
 import dataclasses
@@ -18,7 +20,9 @@ from keras_aimv2.conversion.config_inference import shape_of
 from keras_aimv2.conversion.errors import CheckpointError
 from keras_aimv2.conversion.errors import listed
 from keras_aimv2.conversion.layouts import layout_module
+from keras_aimv2.conversion.layouts import lit_key
 from keras_aimv2.conversion.layouts import source_key
+from keras_aimv2.conversion.layouts import text_prefix
 from keras_aimv2.conversion.safetensors_reader import locate_keys
 
 
@@ -50,6 +54,74 @@ def _fused_linear(*ws):
 
 def _same(w):
     return w
+
+
+def block_rules(key, qkv_roles, target, hidden_dim, intermediate_dim):
+    """The rules of one pre-norm transformer block's weights.
+
+    The image and the text towers' blocks (`TransformerBlock`: RMSNorm,
+    attention with fused `[q|k|v]` kernel, RMSNorm, SwiGLU with fused
+    `[gate|up]` kernel) are converted by these same rules.
+
+    Args:
+        key: callable. Maps a per-block role (`"attn_norm"`, `"q"`,
+            `"gate"`, ...) to the block's source key.
+        qkv_roles: tuple of str. The roles holding the query, key and
+            value projections: `("qkv",)` when fused, else
+            `("q", "k", "v")`.
+        target: str. Prefix of the block's target names
+            (`"encoder.block_0."`).
+        hidden_dim: int. Width of the block.
+        intermediate_dim: int. Width of the SwiGLU hidden layer.
+
+    Returns:
+        A list of six `WeightRule`s.
+
+    Example:
+
+    >>> rules = block_rules(
+    ...     lambda role: f"blocks.0.{role}", ("qkv",), "block_0.", 32, 64
+    ... )
+    >>> rules[1].target, rules[1].keys
+    ('block_0.attention.qkv.kernel', ('blocks.0.qkv',))
+    """
+    d, h = hidden_dim, intermediate_dim
+    qkv_rows = 3 * d // len(qkv_roles)
+    return [
+        WeightRule(
+            target + "attention_norm.scale", (key("attn_norm"),), ((d,),), _same
+        ),
+        WeightRule(
+            target + "attention.qkv.kernel",
+            tuple(key(role) for role in qkv_roles),
+            ((qkv_rows, d),) * len(qkv_roles),
+            _fused_linear,
+        ),
+        WeightRule(
+            target + "attention.output_projection.kernel",
+            (key("proj"),),
+            ((d, d),),
+            _linear,
+        ),
+        WeightRule(
+            target + "feed_forward_norm.scale",
+            (key("ffn_norm"),),
+            ((d,),),
+            _same,
+        ),
+        WeightRule(
+            target + "feed_forward.gate_up.kernel",
+            (key("gate"), key("up")),
+            ((h, d), (h, d)),
+            _fused_linear,
+        ),
+        WeightRule(
+            target + "feed_forward.down.kernel",
+            (key("down"),),
+            ((d, h),),
+            _linear,
+        ),
+    ]
 
 
 def encoder_rules(layout, prefix, config):
@@ -111,47 +183,14 @@ def encoder_rules(layout, prefix, config):
                 lambda w: w.reshape(n, d),
             )
         )
-    qkv_rows = 3 * d // len(module.QKV_ROLES)
     for i in range(config["num_layers"]):
-        block = f"encoder.block_{i}."
-        rules += [
-            WeightRule(
-                block + "attention_norm.scale",
-                (key("attn_norm", i),),
-                ((d,),),
-                _same,
-            ),
-            WeightRule(
-                block + "attention.qkv.kernel",
-                tuple(key(role, i) for role in module.QKV_ROLES),
-                ((qkv_rows, d),) * len(module.QKV_ROLES),
-                _fused_linear,
-            ),
-            WeightRule(
-                block + "attention.output_projection.kernel",
-                (key("proj", i),),
-                ((d, d),),
-                _linear,
-            ),
-            WeightRule(
-                block + "feed_forward_norm.scale",
-                (key("ffn_norm", i),),
-                ((d,),),
-                _same,
-            ),
-            WeightRule(
-                block + "feed_forward.gate_up.kernel",
-                (key("gate", i), key("up", i)),
-                ((h, d), (h, d)),
-                _fused_linear,
-            ),
-            WeightRule(
-                block + "feed_forward.down.kernel",
-                (key("down", i),),
-                ((d, h),),
-                _linear,
-            ),
-        ]
+        rules += block_rules(
+            lambda role, i=i: key(role, i),
+            module.QKV_ROLES,
+            f"encoder.block_{i}.",
+            d,
+            h,
+        )
     rules.append(
         WeightRule(
             "encoder.final_norm.scale", (key("final_norm"),), ((d,),), _same
@@ -215,6 +254,136 @@ def head_rules(layout, prefix, hidden_dim, output_dim, use_bias):
                 )
             )
     return rules
+
+
+def prefixed(rules, prefix):
+    """The same rules with `prefix` before every target name.
+
+    Args:
+        rules: list of `WeightRule`s.
+        prefix: str. Prefix of the target names (`"vision_encoder."`).
+
+    Returns:
+        A list of `WeightRule`s.
+    """
+    return [
+        dataclasses.replace(rule, target=prefix + rule.target) for rule in rules
+    ]
+
+
+def text_rules(layout, config):
+    """The rules of every weight of a LiT model's text tower.
+
+    Args:
+        layout: str. One of `LAYOUTS`.
+        config: dict. The text tower's arguments of `AIMV2LiTBackbone`
+            (`infer_lit_config`: `text_vocabulary_size`,
+            `text_sequence_length`, `text_hidden_dim`, `text_num_layers`,
+            `text_intermediate_dim`).
+
+    Returns:
+        A list of `WeightRule`s, targets under `"text_encoder."`.
+
+    Example:
+
+    >>> rules = text_rules("apple", config)  # doctest: +SKIP
+    >>> rules[0].keys
+    ('text_encoder.preprocessor.text_embedding.weight',)
+    """
+    module = layout_module(layout)
+    prefix = text_prefix(layout)
+    d = config["text_hidden_dim"]
+    h = config["text_intermediate_dim"]
+    v = config["text_vocabulary_size"]
+    n = config["text_sequence_length"]
+
+    def key(role, block=None):
+        return source_key(layout, prefix, role, block, tower="text")
+
+    rules = [
+        WeightRule(
+            "text_encoder.token_embedding.embeddings",
+            (key("token_embedding"),),
+            ((v, d),),
+            _same,
+        ),
+        WeightRule(
+            "text_encoder.position_embedding",
+            (key("text_pos_embed"),),
+            ((n, d),),
+            _same,
+        ),
+    ]
+    for i in range(config["text_num_layers"]):
+        rules += block_rules(
+            lambda role, i=i: key(role, i),
+            module.TEXT_QKV_ROLES,
+            f"text_encoder.block_{i}.",
+            d,
+            h,
+        )
+    rules.append(
+        WeightRule(
+            "text_encoder.final_norm.scale",
+            (key("final_norm"),),
+            ((d,),),
+            _same,
+        )
+    )
+    return rules
+
+
+def lit_rules(layout, prefix, vision_config, head, lit_config):
+    """The rules of every weight of an `AIMV2LiTBackbone`.
+
+    Args:
+        layout: str. One of `LAYOUTS`.
+        prefix: str. Prefix of the image tower's keys.
+        vision_config: dict. The `AIMV2Backbone` arguments
+            (`infer_config`).
+        head: tuple `(output_dim, use_bias)` of the attention-pool head
+            (`head_config`).
+        lit_config: dict. The other `AIMV2LiTBackbone` arguments
+            (`infer_lit_config`).
+
+    Returns:
+        A list of `WeightRule`s, targets named as in `lit_variables`.
+
+    Example:
+
+    >>> rules = lit_rules(  # doctest: +SKIP
+    ...     "transformers", "vision_model.", vision, (1024, False), lit
+    ... )
+    """
+    image_dim = vision_config["hidden_dim"]
+    text_dim = lit_config["text_hidden_dim"]
+    projection_dim = lit_config["projection_dim"]
+    pool_dim = head[0]
+    return [
+        *prefixed(
+            encoder_rules(layout, prefix, vision_config), "vision_encoder."
+        ),
+        *prefixed(head_rules(layout, prefix, image_dim, *head), "vision_pool."),
+        WeightRule(
+            "vision_projection.kernel",
+            (lit_key(layout, "image_projection"),),
+            ((projection_dim, pool_dim),),
+            _linear,
+        ),
+        *text_rules(layout, lit_config),
+        WeightRule(
+            "text_projection.kernel",
+            (lit_key(layout, "text_projection"),),
+            ((projection_dim, text_dim),),
+            _linear,
+        ),
+        WeightRule(
+            "log_logit_scale",
+            (lit_key(layout, "log_logit_scale"),),
+            ((),),
+            _same,
+        ),
+    ]
 
 
 def check_rules(rules, tensors, skipped, description):
@@ -293,6 +462,31 @@ def check_finite(tensors, keys, files):
     )
 
 
+def block_variables(block, prefix):
+    """Every weight of a `TransformerBlock` under its rule's target name.
+
+    Args:
+        block: a built `TransformerBlock` (of the image or the text
+            tower).
+        prefix: str. Prefix of the target names (`"encoder.block_0."`).
+
+    Returns:
+        A dict from target name to Keras variable.
+    """
+    return {
+        prefix + "attention_norm.scale": block.attention_norm.scale,
+        prefix + "attention.qkv.kernel": block.attention.qkv.kernel,
+        prefix + "attention.output_projection.kernel": (
+            block.attention.output_projection.kernel
+        ),
+        prefix + "feed_forward_norm.scale": block.feed_forward_norm.scale,
+        prefix + "feed_forward.gate_up.kernel": (
+            block.feed_forward.gate_up.kernel
+        ),
+        prefix + "feed_forward.down.kernel": block.feed_forward.down.kernel,
+    }
+
+
 def backbone_variables(backbone):
     """Every weight of an `AIMV2Backbone` under its rule's target name.
 
@@ -313,23 +507,7 @@ def backbone_variables(backbone):
             embedding.position_embedding
         )
     for i, block in enumerate(backbone.encoder.blocks):
-        prefix = f"encoder.block_{i}."
-        variables.update(
-            {
-                prefix + "attention_norm.scale": block.attention_norm.scale,
-                prefix + "attention.qkv.kernel": block.attention.qkv.kernel,
-                prefix + "attention.output_projection.kernel": (
-                    block.attention.output_projection.kernel
-                ),
-                prefix
-                + "feed_forward_norm.scale": block.feed_forward_norm.scale,
-                prefix + "feed_forward.gate_up.kernel": (
-                    block.feed_forward.gate_up.kernel
-                ),
-                prefix
-                + "feed_forward.down.kernel": block.feed_forward.down.kernel,
-            }
-        )
+        variables.update(block_variables(block, f"encoder.block_{i}."))
     variables["encoder.final_norm.scale"] = backbone.encoder.final_norm.scale
     return variables
 
@@ -353,6 +531,39 @@ def pool_variables(pool):
     if pool.use_bias:
         variables["head.key.bias"] = pool.key.bias
         variables["head.value.bias"] = pool.value.bias
+    return variables
+
+
+def _prefix_keys(variables, prefix):
+    return {prefix + name: variable for name, variable in variables.items()}
+
+
+def lit_variables(model):
+    """Every weight of an `AIMV2LiTBackbone` under its rule's target name.
+
+    Args:
+        model: a built `AIMV2LiTBackbone`.
+
+    Returns:
+        A dict from target name to Keras variable (see `lit_rules`).
+    """
+    text = model.text_encoder
+    variables = {
+        **_prefix_keys(
+            backbone_variables(model.vision_encoder), "vision_encoder."
+        ),
+        **_prefix_keys(pool_variables(model.vision_pool), "vision_pool."),
+        "vision_projection.kernel": model.vision_projection.kernel,
+        "text_encoder.token_embedding.embeddings": (
+            text.token_embedding.embeddings
+        ),
+        "text_encoder.position_embedding": text.position_embedding,
+        "text_projection.kernel": model.text_projection.kernel,
+        "log_logit_scale": model.log_logit_scale,
+    }
+    for i, block in enumerate(text.blocks):
+        variables.update(block_variables(block, f"text_encoder.block_{i}."))
+    variables["text_encoder.final_norm.scale"] = text.final_norm.scale
     return variables
 
 
@@ -382,7 +593,8 @@ def assign(layer, variables, rules, tensors):
     for rule in rules:
         # Each source tensor feeds one weight: release it once used.
         value = rule.combine(*(tensors.pop(k) for k in rule.keys))
-        value = np.ascontiguousarray(value, dtype="float32")
+        # `np.asarray`, not `ascontiguousarray`: it keeps 0-d arrays 0-d.
+        value = np.asarray(value, dtype="float32", order="C")
         variable = variables[rule.target]
         if shape_of(value) != tuple(variable.shape):
             raise RuntimeError(
