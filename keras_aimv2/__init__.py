@@ -28,12 +28,17 @@ from keras_aimv2.models.aimv2_image_classifier_preprocessor import (
     AIMV2ImageClassifierPreprocessor,
 )
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
+from keras_aimv2.models.aimv2_lit import AIMV2LiT
 from keras_aimv2.models.aimv2_lit_backbone import AIMV2LiTBackbone
+from keras_aimv2.models.aimv2_lit_preprocessor import AIMV2LiTPreprocessor
 from keras_aimv2.models.aimv2_pretrainer import AIMV2Pretrainer
 from keras_aimv2.models.aimv2_pretrainer_preprocessor import (
     AIMV2PretrainerPreprocessor,
 )
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
+from keras_aimv2.models.aimv2_zero_shot_classifier import (
+    AIMV2ZeroShotClassifier,
+)
 
 __version__ = "0.1.0"
 
@@ -42,10 +47,13 @@ __all__ = [
     "AIMV2ImageClassifier",
     "AIMV2ImageClassifierPreprocessor",
     "AIMV2ImageConverter",
+    "AIMV2LiT",
     "AIMV2LiTBackbone",
+    "AIMV2LiTPreprocessor",
     "AIMV2Pretrainer",
     "AIMV2PretrainerPreprocessor",
     "AIMV2Tokenizer",
+    "AIMV2ZeroShotClassifier",
     "BACKBONE_CONFIGS",
     "DECODER_CONFIGS",
     "LIT_CONFIGS",

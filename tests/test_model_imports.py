@@ -20,6 +20,8 @@ PREPROCESSING = {
     "keras_aimv2.models.aimv2_image_classifier_preprocessor",
     "keras_aimv2.models.aimv2_image_converter",
     "keras_aimv2.models.aimv2_tokenizer",
+    "keras_aimv2.models.aimv2_lit_preprocessor",
+    "keras_aimv2.models.caption_packing",
 }
 
 

@@ -2,7 +2,6 @@
 
 import keras
 import tensorflow as tf
-from keras_hub.layers import StartEndPacker
 from keras_hub.models import Preprocessor
 
 from keras_aimv2.api import register
@@ -11,6 +10,8 @@ from keras_aimv2.models.aimv2_backbone import AIMV2Backbone
 from keras_aimv2.models.aimv2_image_converter import AIMV2ImageConverter
 from keras_aimv2.models.aimv2_presets import NamedPresets
 from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
+from keras_aimv2.models.caption_packing import CaptionPacking
+from keras_aimv2.models.caption_packing import to_tensorflow
 from keras_aimv2.patches import image_layout
 from keras_aimv2.patches import standardize_data_format
 
@@ -42,8 +43,8 @@ def draw_prefix_lengths(images, captions, num_patches, seed=0):
 
     >>> draw_prefix_lengths(np.zeros((2, 32, 32, 3)), ["a", "b"], 16)
     """
-    images = _to_tensorflow(images)
-    captions = _to_tensorflow(captions)
+    images = to_tensorflow(images)
+    captions = to_tensorflow(captions)
     batch = tf.shape(images)[0]
     seed_bytes = tf.bitcast(tf.constant([seed], tf.int64), tf.uint8)
     key = tf.concat(
@@ -62,7 +63,7 @@ def draw_prefix_lengths(images, captions, num_patches, seed=0):
 
 
 @register
-class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
+class AIMV2PretrainerPreprocessor(NamedPresets, CaptionPacking, Preprocessor):
     """Turns images and captions into `AIMV2Pretrainer` inputs.
 
     Images go through the image converter (resizing and mean/std
@@ -147,19 +148,7 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         # The name of this argument before it took keras-hub's.
         sequence_length = kwargs.pop("context_length", sequence_length)
         super().__init__(**kwargs)
-        if tokenizer is None or not hasattr(tokenizer, "end_token_id"):
-            raise ValueError(
-                "`tokenizer` must be a tokenizer with an end token, such as "
-                f"`keras_aimv2.AIMV2Tokenizer`. Received: tokenizer={tokenizer}"
-            )
-        for option in ("add_bos", "add_eos", "sequence_length"):
-            if getattr(tokenizer, option, None):
-                raise ValueError(
-                    f"The tokenizer must not set `{option}`: the preprocessor "
-                    "appends the end token and pads to `sequence_length` "
-                    f"itself. Received: {option}="
-                    f"{getattr(tokenizer, option)!r}"
-                )
+        self.init_caption_packing(tokenizer, sequence_length)
         for name, value in (("patch_size", patch_size), ("seed", seed)):
             if name == "patch_size" and value is None:
                 continue
@@ -172,39 +161,9 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
                 f"`patch_size` must be positive. Received: patch_size="
                 f"{patch_size}"
             )
-        self.tokenizer = tokenizer
         self.image_converter = image_converter
-        self.packer = None
-        self.sequence_length = sequence_length
         self.patch_size = patch_size
         self.seed = seed
-
-    def build(self, input_shape):
-        # Built here rather than in `__init__`: when loading a preset the
-        # tokenizer's proto, and so its ids, arrive after construction.
-        self.packer = StartEndPacker(
-            sequence_length=self.sequence_length,
-            end_value=self.tokenizer.end_token_id,
-            pad_value=self.tokenizer.pad_token_id,
-            name="packer",
-        )
-        self.built = True
-
-    @property
-    def sequence_length(self):
-        """Settable int. The length of the token sequences."""
-        return self._sequence_length
-
-    @sequence_length.setter
-    def sequence_length(self, value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(
-                "`sequence_length` must be an int of at least 2 (one token "
-                f"and the end token). Received: sequence_length={value!r}"
-            )
-        self._sequence_length = value
-        if self.packer is not None:
-            self.packer.sequence_length = value
 
     @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
@@ -220,9 +179,9 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         images = x["images"]
         if self.image_converter is not None:
             images = self.image_converter(images)
-        images = tf.cast(_to_tensorflow(images), tf.float32)
-        captions = _to_tensorflow(x["captions"])
-        token_ids = self.packer(self.tokenizer(captions))
+        images = tf.cast(to_tensorflow(images), tf.float32)
+        captions = to_tensorflow(x["captions"])
+        token_ids = self.pack_captions(captions)
         outputs = {
             "images": images,
             "token_ids": token_ids,
@@ -234,7 +193,7 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
         if prefix_lengths is None:
             prefix_lengths = self._draw(images, captions)
         outputs["prefix_lengths"] = tf.cast(
-            _to_tensorflow(prefix_lengths), tf.int32
+            to_tensorflow(prefix_lengths), tf.int32
         )
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
 
@@ -276,12 +235,3 @@ class AIMV2PretrainerPreprocessor(NamedPresets, Preprocessor):
             }
         )
         return config
-
-
-def _to_tensorflow(x):
-    """`x` as a TensorFlow tensor: TensorFlow's own, or converted."""
-    if isinstance(x, (tf.Tensor, tf.RaggedTensor)):
-        return x
-    if keras.ops.is_tensor(x):
-        x = keras.ops.convert_to_numpy(x)
-    return tf.convert_to_tensor(x)
