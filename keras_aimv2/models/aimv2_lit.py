@@ -55,7 +55,7 @@ class AIMV2LiT(NamedPresets, Task):
     >>> lit = AIMV2LiT(backbone)
     >>> batch = {
     ...     "images": np.random.rand(4, 32, 32, 3).astype("float32"),
-    ...     "token_ids": np.array([[5, 6, 1, 0]] * 4) + np.eye(4, dtype=int),
+    ...     "token_ids": np.array([[5, 1, 0], [6, 1, 0], [7, 8, 1], [9, 1, 0]]),
     ... }
     >>> history = lit.fit(batch, batch_size=4, epochs=2, verbose=0)
     >>> sorted(history.history)
