@@ -673,6 +673,57 @@ def _drop_step_functions(model):
     model.predict_function = None
 
 
+# --- Layer: a weight replaced by one of another shape ---
+#
+# Replaces: nothing public. A Keras layer cannot drop a weight or add one
+# once it is built: `Layer._untrack_variable(variable)` removes a weight
+# from the layer's lists, and its `_tracker` (locked after `build`) must be
+# unlocked for `add_weight` to register the new one.
+# AIMV2ZeroShotClassifier's class embeddings change shape with the number
+# of classes (`set_classes`).
+
+
+@_hook(
+    "keras.layers.Layer._untrack_variable(variable) and its `_tracker` "
+    "(lock, unlock, locked) (AIMV2ZeroShotClassifier.set_classes)"
+)
+def _check_replace_weight():
+    _method(keras.layers.Layer, "_untrack_variable", ["self", "variable"])
+    tracker = _method(keras.layers.Layer, "_initialize_tracker")
+    _uses(tracker, "_tracker")
+    for name in ("lock", "unlock"):
+        _uses(_method(keras.src.utils.tracking.Tracker, name), "locked")
+
+
+def replace_weight(layer, old, name, shape):
+    """A new non-trainable weight of `layer` in place of `old`.
+
+    Args:
+        layer: the `keras.layers.Layer` (or model) holding `old`.
+        old: `keras.Variable` or `None`. The weight to drop.
+        name: str. Name of the new weight.
+        shape: tuple. Its shape.
+
+    Returns:
+        The new weight (zeros). Compiled steps, which captured the old
+        weight or its shape, are dropped.
+    """
+    if old is not None:
+        layer._untrack_variable(old)
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        weight = layer.add_weight(
+            name=name, shape=shape, initializer="zeros", trainable=False
+        )
+    finally:
+        if locked:
+            tracker.lock()
+    _drop_step_functions(layer)
+    return weight
+
+
 # --- Tokenizer: special tokens that follow the vocabulary ---
 #
 # Replaces: nothing public. keras-hub tokenizers declare their special

@@ -6,6 +6,7 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_aimv2.api import register
+from keras_aimv2.compat import replace_weight
 from keras_aimv2.models.aimv2_lit_backbone import AIMV2LiTBackbone
 from keras_aimv2.models.aimv2_lit_preprocessor import AIMV2LiTPreprocessor
 from keras_aimv2.models.aimv2_presets import NamedPresets
@@ -226,24 +227,10 @@ class AIMV2ZeroShotClassifier(NamedPresets, Task):
         if old is not None and tuple(old.shape) == values.shape:
             old.assign(values)
             return
-        if old is not None:
-            self._untrack_variable(old)
-        locked = self._tracker.locked
-        self._tracker.unlock()
-        self.class_embeddings = self.add_weight(
-            name="class_embeddings",
-            shape=values.shape,
-            initializer="zeros",
-            trainable=False,
+        self.class_embeddings = replace_weight(
+            self, old, "class_embeddings", values.shape
         )
-        if locked:
-            self._tracker.lock()
         self.class_embeddings.assign(values)
-        # Compiled steps captured the old weight (on TensorFlow) or its
-        # shape: they are made again on the next call.
-        self.train_function = None
-        self.test_function = None
-        self.predict_function = None
 
     def call(self, inputs):
         images = inputs["images"] if isinstance(inputs, dict) else inputs
