@@ -4,7 +4,9 @@ import keras
 from keras_hub.models import Task
 
 from keras_aimv2 import contrastive
+from keras_aimv2 import objective
 from keras_aimv2.api import register
+from keras_aimv2.compat import variables_kept_on_failure
 from keras_aimv2.models.aimv2_lit_backbone import AIMV2LiTBackbone
 from keras_aimv2.models.aimv2_lit_preprocessor import AIMV2LiTPreprocessor
 from keras_aimv2.models.aimv2_presets import NamedPresets
@@ -87,6 +89,8 @@ class AIMV2LiT(NamedPresets, Task):
 
         # === Training ===
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        # How the loss meets replicas (`keras_aimv2.distribution.wrap`).
+        self.batch_means = objective.BatchMeans()
         if compile_model:
             self.compile()
 
@@ -125,6 +129,18 @@ class AIMV2LiT(NamedPresets, Task):
             optimizer.exclude_from_weight_decay(var_names=list(LIT_NO_DECAY))
         super().compile(optimizer=optimizer, **kwargs)
 
+    def fit(self, *args, **kwargs):
+        """Keras's `fit`; if it raises, the weights stay those of the last
+        completed step, on every backend (`variables_kept_on_failure`), so
+        that an interrupted run can save them."""
+        with variables_kept_on_failure(self):
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras's `evaluate`; if it raises, the weights stay usable."""
+        with variables_kept_on_failure(self):
+            return super().evaluate(*args, **kwargs)
+
     def compile_from_config(self, config):
         """Recompile from a saved `.keras` file, optimizer state included."""
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -145,7 +161,10 @@ class AIMV2LiT(NamedPresets, Task):
         self.accuracy_tracker.update_state(correct, sample_weight=sample_weight)
         if self.losses:
             loss = loss + keras.ops.sum(self.losses)
-        return loss
+        # Replicas each contrast their own share of the batch; the loss of
+        # the step is the mean of theirs.
+        means = self.batch_means
+        return means.returned(means.split(loss), training)
 
     def get_config(self):
         config = super().get_config()
