@@ -247,3 +247,82 @@ def test_automatic_compilation_by_backend_and_precision(dtype):
     assert pretrainer.jit_compile is expected
     logs = pretrainer.train_on_batch(make_batch(), return_dict=True)
     assert np.isfinite(to_numpy(logs["loss"]))
+
+
+def _loss_and_parts(pretrainer, batch):
+    predictions = pretrainer(batch)
+    loss = to_numpy(pretrainer.compute_loss(x=batch, y_pred=predictions))
+    pixel = to_numpy(pretrainer.pixel_loss_tracker.result())
+    text = to_numpy(pretrainer.text_loss_tracker.result())
+    return loss, pixel, text
+
+
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        ({}, lambda pixel, text: text + 0.4 * pixel),
+        ({"text_loss_weight": 0.0}, lambda pixel, text: 0.4 * pixel),
+        ({"pixel_loss_weight": 0.0}, lambda pixel, text: text),
+        (
+            {"text_loss_weight": 2.5},
+            lambda pixel, text: 2.5 * text + 0.4 * pixel,
+        ),
+    ],
+)
+def test_loss_weights_choose_the_objective(batch, weights, expected):
+    pretrainer = tiny_pretrainer(**weights)
+    loss, pixel, text = _loss_and_parts(pretrainer, batch)
+    assert pixel > 0 and text > 0
+    np.testing.assert_allclose(loss, expected(pixel, text), rtol=1e-5)
+    config = pretrainer.get_config()
+    assert config["text_loss_weight"] == weights.get("text_loss_weight", 1.0)
+    restored = keras_aimv2.AIMV2Pretrainer.from_config(config)
+    assert restored.text_loss_weight == pretrainer.text_loss_weight
+
+
+@pytest.mark.parametrize(
+    "weights, frozen_head",
+    [
+        ({"text_loss_weight": 0.0}, "text_head"),
+        ({"pixel_loss_weight": 0.0}, "pixel_head"),
+    ],
+)
+def test_a_zero_weight_trains_nothing_through_its_head(
+    batch, weights, frozen_head
+):
+    pretrainer = tiny_pretrainer(**weights)
+    pretrainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5))
+    other = "pixel_head" if frozen_head == "text_head" else "text_head"
+    before = {
+        name: [to_numpy(w) for w in getattr(pretrainer, name).weights]
+        for name in (frozen_head, other)
+    }
+    pretrainer.fit(batch, batch_size=4, epochs=1, verbose=0)
+    for name, weights_before in before.items():
+        moved = [
+            np.abs(to_numpy(w) - b).max()
+            for w, b in zip(
+                getattr(pretrainer, name).weights, weights_before, strict=True
+            )
+        ]
+        if name == frozen_head:
+            assert max(moved) == 0.0, name
+        else:
+            assert max(moved) > 0.0, name
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"text_loss_weight": -1.0}, "`text_loss_weight` must be a finite"),
+        ({"pixel_loss_weight": float("nan")}, "`pixel_loss_weight` must be"),
+        ({"text_loss_weight": "1"}, "Received: text_loss_weight='1'"),
+        (
+            {"text_loss_weight": 0, "pixel_loss_weight": 0.0},
+            "are both 0",
+        ),
+    ],
+)
+def test_bad_loss_weights_are_named(weights, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pretrainer(**weights)

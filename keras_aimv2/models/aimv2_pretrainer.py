@@ -1,5 +1,8 @@
 """AIMv2 pre-training: encoder, multimodal decoder, heads and objective."""
 
+import math
+import numbers
+
 import keras
 from keras import ops
 from keras_hub.models import Task
@@ -33,9 +36,17 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
     `M ~ U{1, ..., I - 1}` per example; a causal multimodal decoder reads
     `[image features][BOS][caption]`; a pixel head regresses each next
     normalized patch after the prefix and a text head predicts each next
-    caption token. The loss is `text + pixel_loss_weight * pixel`
-    ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
-    Fini et al., CVPR 2025). After training, keep `pretrainer.backbone`.
+    caption token. The loss is `text_loss_weight * text + pixel_loss_weight
+    * pixel` ("Multimodal Autoregressive Pre-training of Large Vision
+    Encoders", Fini et al., CVPR 2025; the paper's objective has text weight
+    1 and `alpha = 0.4`). After training, keep `pretrainer.backbone`.
+
+    The weights select the objectives of the paper's ablation (Table 9):
+    `pixel_loss_weight=0` trains by captioning alone, `text_loss_weight=0`
+    by next-patch regression alone. With the image first and a causal
+    decoder, no image position ever sees the text, so the pixel-only
+    objective is exactly AIMv1's (an autoregressive image model): the
+    caption tokens then only add unused computation.
 
     Inputs are a dict with `"images"` (`(batch, height, width, channels)`,
     normalized), `"token_ids"` (`(batch, T)`, the caption right-padded to at
@@ -64,8 +75,10 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
             Defaults to `2816`.
         vocabulary_size: int. Text tokens. Defaults to `32000`.
         context_length: int. Most caption tokens. Defaults to `77`.
-        pixel_loss_weight: float. `alpha` of the objective. Defaults to
-            `0.4`.
+        pixel_loss_weight: float. `alpha` of the objective, the weight of
+            the pixel loss, `>= 0`. Defaults to `0.4`.
+        text_loss_weight: float. The weight of the text loss, `>= 0`; not
+            both weights may be 0. Defaults to `1.0`.
         remat: bool. Recompute every encoder and decoder block in the
             backward pass instead of keeping its activations: less memory
             for about a third more compute. Defaults to `False`.
@@ -105,8 +118,12 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         pixel_loss_weight=0.4,
         remat=False,
         preprocessor=None,
+        text_loss_weight=1.0,
         **kwargs,
     ):
+        pixel_loss_weight, text_loss_weight = check_loss_weights(
+            pixel_loss_weight, text_loss_weight
+        )
         # === Layers ===
         dtype = backbone.dtype_policy
         self.backbone = backbone
@@ -168,6 +185,7 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         self.vocabulary_size = vocabulary_size
         self.context_length = context_length
         self.pixel_loss_weight = pixel_loss_weight
+        self.text_loss_weight = text_loss_weight
         self.remat = remat
 
         # === Training ===
@@ -325,7 +343,8 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        """AIMv2's objective, `text + pixel_loss_weight * pixel`.
+        """AIMv2's objective, `text_loss_weight * text + pixel_loss_weight
+        * pixel`.
 
         The targets come from `x`: the images' next patches after each
         prefix and the caption's next tokens. The model takes no `y`: it
@@ -372,7 +391,7 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
             ),
         ):
             tracker.update_state(means.tracked(share), sample_weight=count)
-        loss = text_loss + self.pixel_loss_weight * pixel_loss
+        loss = self.objective(text_loss, pixel_loss)
         if self.losses:
             loss = loss + means.split(ops.sum(self.losses))
         return means.returned(loss, training)
@@ -386,11 +405,23 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         """
         result = super().get_metrics_result()
         if "text_loss" in result and "pixel_loss" in result:
-            result["loss"] = (
-                result["text_loss"]
-                + self.pixel_loss_weight * result["pixel_loss"]
+            result["loss"] = self.objective(
+                result["text_loss"], result["pixel_loss"]
             )
         return result
+
+    def objective(self, text_loss, pixel_loss):
+        """The weighted loss of a text loss and a pixel loss.
+
+        A weight of 0 leaves its loss out entirely (its gradient is 0 and
+        a non-finite value of it cannot reach the objective).
+        """
+        loss = 0.0
+        if self.text_loss_weight:
+            loss = loss + self.text_loss_weight * text_loss
+        if self.pixel_loss_weight:
+            loss = loss + self.pixel_loss_weight * pixel_loss
+        return loss
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         data = super().preprocess_samples(x, y=y, sample_weight=sample_weight)
@@ -409,6 +440,7 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
                 "vocabulary_size": self.vocabulary_size,
                 "context_length": self.context_length,
                 "pixel_loss_weight": self.pixel_loss_weight,
+                "text_loss_weight": self.text_loss_weight,
                 "remat": self.remat,
             }
         )
@@ -420,6 +452,43 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         # hold the seed of the model's own draws: nothing uses it now.
         config = {key: value for key, value in config.items() if key != "seed"}
         return super().from_config(config)
+
+
+def check_loss_weights(pixel_loss_weight, text_loss_weight):
+    """The objective's weights as floats, or a `ValueError` naming them.
+
+    Args:
+        pixel_loss_weight: number. The weight of the pixel loss.
+        text_loss_weight: number. The weight of the text loss.
+
+    Returns:
+        `(pixel_loss_weight, text_loss_weight)`, finite floats `>= 0`, not
+        both 0.
+
+    Example:
+
+    >>> check_loss_weights(0.4, 0)
+    (0.4, 0.0)
+    """
+    weights = {
+        "pixel_loss_weight": pixel_loss_weight,
+        "text_loss_weight": text_loss_weight,
+    }
+    for name, value in weights.items():
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"`{name}` must be a finite number >= 0. Received: "
+                f"{name}={value!r}"
+            )
+    if not pixel_loss_weight and not text_loss_weight:
+        raise ValueError(
+            "`pixel_loss_weight` and `text_loss_weight` are both 0: the "
+            "objective would train nothing. Give one of them a weight > 0. "
+            f"Received: pixel_loss_weight={pixel_loss_weight!r}, "
+            f"text_loss_weight={text_loss_weight!r}"
+        )
+    return float(pixel_loss_weight), float(text_loss_weight)
 
 
 def _match_patch_size(preprocessor, backbone):
