@@ -5,6 +5,7 @@
     aimv2 pretrain aimv2_1b --strategy sharded --mesh-shape 8,8
     aimv2 pretrain my_recipe.py
     aimv2 probe probe_fashion_mnist --set backbone.preset=DIR
+    aimv2 ablate ablation_fashion_mnist --set pretrain.training.steps=20
     aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
     aimv2 --backend torch info
     aimv2 build-dataset scenes --num-examples 1000 --output data/scenes
@@ -58,6 +59,12 @@ def _parser():
             "Train an attentive probe on an encoder (recipe) and report its "
             "test top-1 accuracy.",
         ),
+        (
+            "ablate",
+            "Pre-train one encoder with AIMv2's objective, captions only, "
+            "pixels only (and none), probe each, tabulate (paper Table 9); "
+            "rerun to resume.",
+        ),
     )
     for name, help_text in recipe_commands:
         command = commands.add_parser(name, help=help_text)
@@ -72,9 +79,24 @@ def _parser():
             nargs="+",
             default=[],
             metavar="SECTION.KEY=VALUE",
-            help="Override recipe entries, e.g. training.steps=100.",
+            help="Override recipe entries, e.g. training.steps=100."
+            + (
+                " An ablation's sub-recipes take pretrain.SECTION.KEY=VALUE "
+                "and probe.SECTION.KEY=VALUE, e.g. "
+                "pretrain.training.steps=20 probe.training.epochs=1."
+                if name == "ablate"
+                else ""
+            ),
         )
         command.add_argument("--output-dir", help="Default: the recipe's.")
+        if name == "ablate":
+            command.add_argument(
+                "--objectives",
+                nargs="+",
+                metavar="OBJECTIVE",
+                help="The objectives to run, in order, of aimv2, captions, "
+                "pixels, untrained (ablation.objectives).",
+            )
         if name == "pretrain":
             command.add_argument(
                 "--strategy",
@@ -129,7 +151,7 @@ def main(argv=None):
                 sys.executable,
                 [sys.executable, "-m", "keras_aimv2.cli", *command],
             )
-    if args.command in ("pretrain", "probe"):
+    if args.command in ("pretrain", "probe", "ablate"):
         # On a CPU host, JAX's XLA:CPU tuning (`keras_aimv2.xla_cpu`): in
         # time, since nothing has started JAX's backends yet.
         from keras_aimv2 import xla_cpu
@@ -163,6 +185,10 @@ def main(argv=None):
         from keras_aimv2.transfer import probe
 
         return _run_recipe("probe", probe, args)
+    if args.command == "ablate":
+        from keras_aimv2.ablation import ablate
+
+        return _run_recipe("ablate", ablate, args)
     return _pictures(args)
 
 
@@ -178,6 +204,8 @@ def _run_recipe(command, run, args):
         overrides.append(f"distribution.strategy={args.strategy}")
     if getattr(args, "mesh_shape", None):
         overrides.append(f"distribution.mesh_shape=({args.mesh_shape})")
+    if getattr(args, "objectives", None):
+        overrides.append(f"ablation.objectives={tuple(args.objectives)!r}")
     try:
         recipe = load_recipe(args.recipe)
         if recipe.KIND != command:

@@ -231,6 +231,7 @@ def build_pretrainer(recipe, tokenizer_path, distributed=None):
         **decoder.to_dict(),
         vocabulary_size=tokenizer.vocabulary_size(),
         pixel_loss_weight=training.pixel_loss_weight,
+        text_loss_weight=training.text_loss_weight,
         remat=training.remat,
         preprocessor=preprocessor,
     )

@@ -1,4 +1,4 @@
-"""`probe`: AIMv2's attentive probe of an encoder on Fashion-MNIST.
+"""`probe`: AIMv2's attentive probe of an encoder on Fashion-MNIST or scenes.
 
 AIMv2 evaluates its encoders with an attentive probe on frozen last-layer
 features ("Multimodal Autoregressive Pre-training of Large Vision Encoders",
@@ -9,11 +9,13 @@ a cosine schedule and weight decay 0.05 or 0.1, on RandomResizedCrop
 recipe (the packaged `probe_fashion_mnist`): it loads an encoder from a
 preset, or builds a randomly initialised one, trains the probe on
 Fashion-MNIST training images resized to the encoder's resolution (gray
-copied into 3 channels), reports top-1 accuracy on the 10,000 test images
-and writes `recipe.json` and `metrics.json` (atomically, as `aimv2
-pretrain` does: `keras_aimv2.outputs.RunOutput`). Setting
-`head.freeze_backbone=False` fine-tunes instead, optionally with layer-wise
-learning-rate decay (`training.layer_decay`).
+copied into 3 channels), or on procedural scenes labelled by a question
+about them (`data.source="scenes"`, `keras_aimv2.data.scenes.PROBE_TASKS`),
+reports top-1 accuracy on the test images and writes `recipe.json` and
+`metrics.json` (atomically, as `aimv2 pretrain` does:
+`keras_aimv2.outputs.RunOutput`). Setting `head.freeze_backbone=False`
+fine-tunes instead, optionally with layer-wise learning-rate decay
+(`training.layer_decay`).
 """
 
 import math
@@ -71,15 +73,52 @@ def build_encoder(section, seed=0):
 
 
 def _gray_to_rgb(image):
-    return tf.tile(tf.cast(image[..., None], tf.float32), [1, 1, 3])
+    """A float RGB image: gray (`(height, width)`) copied into 3 channels."""
+    image = tf.cast(image, tf.float32)
+    if image.shape.rank == 3:
+        return image
+    return tf.tile(image[..., None], [1, 1, 3])
+
+
+def probe_arrays(data, image_size):
+    """The training and test images and labels of a probe's `data`.
+
+    Args:
+        data: `keras_aimv2.recipes.ProbeData`.
+        image_size: tuple `(height, width)`. The encoder's input size;
+            scenes are drawn at `data.source_size`, else at its height.
+
+    Returns:
+        `(train_images, train_labels, test_images, test_labels)`, NumPy
+        arrays: uint8 images (Fashion-MNIST's gray `(N, 28, 28)`, scenes'
+        RGB `(N, size, size, 3)`) and int64 labels.
+    """
+    if data.source == "scenes":
+        from keras_aimv2.data.scenes import scene_arrays
+
+        size = data.source_size or image_size[0]
+        train = scene_arrays(data.train_examples, data.seed, size, data.task)
+        test = scene_arrays(data.test_examples, data.seed + 1, size, data.task)
+        return (*train, *test)
+    root = data.root or DEFAULT_ROOT
+    train_images, train_labels, _ = load_fashion_mnist("train", root)
+    test_images, test_labels, _ = load_fashion_mnist("test", root)
+    if data.train_examples:
+        train_images = train_images[: data.train_examples]
+        train_labels = train_labels[: data.train_examples]
+    if data.test_examples:
+        test_images = test_images[: data.test_examples]
+        test_labels = test_labels[: data.test_examples]
+    return train_images, train_labels, test_images, test_labels
 
 
 def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
-    """Augmented Fashion-MNIST training batches and plain test batches.
+    """Augmented training batches and plain test batches of a probe.
 
-    Training images get a random resized crop (`data.crop_scale`, aspect
-    ratio 3/4 to 4/3) and a horizontal flip (`data.flip_probability`),
-    each drawn statelessly from `(seed,
+    The images are Fashion-MNIST's or labelled scenes (`data.source`, see
+    `probe_arrays`). Training images get a random resized crop
+    (`data.crop_scale`, aspect ratio 3/4 to 4/3) and a horizontal flip
+    (`data.flip_probability`), each drawn statelessly from `(seed,
     element index)` so runs repeat exactly; test images are resized whole.
     Both are bicubically resized to `image_size`, gray copied into three
     channels, in `[0, 255]`. The training set repeats and is reshuffled
@@ -100,15 +139,9 @@ def probe_datasets(data, image_size, batch_size, eval_batch_size, seed=0):
     """
     if not isinstance(data, ProbeData):
         data = ProbeData.from_dict(data)
-    root = data.root or DEFAULT_ROOT
-    train_images, train_labels, _ = load_fashion_mnist("train", root)
-    test_images, test_labels, _ = load_fashion_mnist("test", root)
-    if data.train_examples:
-        train_images = train_images[: data.train_examples]
-        train_labels = train_labels[: data.train_examples]
-    if data.test_examples:
-        test_images = test_images[: data.test_examples]
-        test_labels = test_labels[: data.test_examples]
+    train_images, train_labels, test_images, test_labels = probe_arrays(
+        data, image_size
+    )
     if len(train_images) < batch_size:
         raise ValueError(
             f"`training.batch_size`={batch_size} is larger than the "

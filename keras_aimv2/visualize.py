@@ -224,3 +224,40 @@ def _save(figure, path):
             figure.savefig(temporary, dpi=110, format=suffix)
     finally:
         plt.close(figure)
+
+
+def draw_ablation(rows, path, title):
+    """Draw the bar chart of an objective ablation (`aimv2 ablate`).
+
+    One bar per objective, in the order of `rows`, its height the probe's
+    top-1 accuracy (written above it); the label under a bar gives the
+    paper's ImageNet-1k top-1 of that objective where it has one.
+
+    Args:
+        rows: list of dicts with `objective`, `probe_top1` (in `[0, 1]`)
+            and `paper_top1` (str or `None`), as `keras_aimv2.ablation`
+            writes them.
+        path: str. The image to write (atomically), e.g. `ablation.png`.
+        title: str. The title of the chart.
+
+    Example:
+
+    >>> rows = [{"objective": "aimv2", "probe_top1": 0.8,
+    ...          "paper_top1": "85.6"}]
+    >>> draw_ablation(rows, "ablation.png", "ablation")  # doctest: +SKIP
+    """
+    labels = [
+        row["objective"]
+        + (f"\n(paper {row['paper_top1']})" if row["paper_top1"] else "")
+        for row in rows
+    ]
+    values = [100 * row["probe_top1"] for row in rows]
+    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2.4, 3.8))
+    bars = axis.bar(range(len(rows)), values, color="#4c72b0")
+    axis.bar_label(bars, [f"{value:.1f}" for value in values], padding=2)
+    axis.set_xticks(range(len(rows)), labels)
+    axis.set_ylabel("probe top-1 (%)")
+    axis.set_ylim(0, 105)
+    axis.set_title(title)
+    figure.tight_layout()
+    _save(figure, path)

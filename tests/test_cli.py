@@ -107,6 +107,7 @@ def test_pretrain_writes_its_state_logs_presets_and_pictures(tmp_path):
     [
         "pretrain",
         "probe",
+        "ablate",
         "pictures",
         "info",
         "build-dataset",
@@ -166,6 +167,7 @@ def test_recipes_command_lists_every_packaged_recipe(
         assert f"paper: {recipe['paper']}" in out
     assert "aimv2 pretrain tiny_scenes_cpu" in out
     assert "aimv2 probe probe_fashion_mnist" in out
+    assert "aimv2 ablate ablation_fashion_mnist" in out
     assert "aimv2 pretrain my_recipe.py" in out
 
 

@@ -12,6 +12,7 @@ from conftest import to_numpy
 
 import keras_aimv2
 from keras_aimv2.optimization import aimv2_adamw
+from keras_aimv2.recipes import AblationRecipe
 from keras_aimv2.recipes import BackboneSection
 from keras_aimv2.recipes import DistributionSection
 from keras_aimv2.recipes import InitializeSection
@@ -29,6 +30,8 @@ from keras_aimv2.training import learning_rate_schedule
 
 # The recipes the package must ship, beside any added later.
 SHIPPED = {
+    "ablation_fashion_mnist",
+    "ablation_scenes",
     "aimv2_1b",
     "aimv2_3b",
     "aimv2_huge",
@@ -48,8 +51,13 @@ PAPER_PEAK_LEARNING_RATES = {
 @pytest.mark.parametrize("name", recipe_names())
 def test_every_recipe_loads_and_names_its_paper(name):
     recipe = load_recipe(name)
-    assert isinstance(recipe, (PretrainingRecipe, ProbeRecipe))
     assert "AIMv2" in recipe.paper
+    if isinstance(recipe, AblationRecipe):
+        # An ablation names a pre-training and a probe recipe.
+        assert isinstance(recipe.pretrain.resolve(), PretrainingRecipe)
+        assert isinstance(recipe.probe.resolve(), ProbeRecipe)
+        return
+    assert isinstance(recipe, (PretrainingRecipe, ProbeRecipe))
     assert recipe.backbone.arguments()["patch_size"] > 0
     # The read-only mapping view of earlier dict recipes agrees.
     assert backbone_arguments(recipe["backbone"]) == recipe.backbone.arguments()
@@ -112,7 +120,9 @@ def test_packaged_recipes_give_name_paper_and_summary():
     )
     assert by_name["aimv2_1b"]["summary"].startswith("AIMv2-1B pre-training")
     assert by_name["probe_fashion_mnist"]["command"] == "probe"
+    assert by_name["ablation_scenes"]["command"] == "ablate"
     assert {r["command"] for r in listing if r["name"] in SHIPPED} == {
+        "ablate",
         "pretrain",
         "probe",
     }
@@ -134,6 +144,7 @@ def test_paper_recipes_follow_table_a1(size):
     assert training.weight_decay == 1e-4
     assert training.clipnorm == 1.0
     assert training.pixel_loss_weight == 0.4
+    assert training.text_loss_weight == 1.0
     assert recipe.data.crop_scale == (0.4, 1.0)
     assert recipe.data.flip_probability == 0.5
     assert recipe.decoder.decoder_hidden_dim == 1024

@@ -23,12 +23,13 @@ them (`aimv2 recipes` prints the list).
 """
 
 import ast
-import difflib
 import os
 import runpy
 import traceback
 
 from keras_aimv2.recipes._sections import RECIPE_TYPES
+from keras_aimv2.recipes._sections import AblationRecipe
+from keras_aimv2.recipes._sections import AblationSection
 from keras_aimv2.recipes._sections import BackboneSection
 from keras_aimv2.recipes._sections import DecoderSection
 from keras_aimv2.recipes._sections import DistributionSection
@@ -42,15 +43,20 @@ from keras_aimv2.recipes._sections import ProbeData
 from keras_aimv2.recipes._sections import ProbeRecipe
 from keras_aimv2.recipes._sections import ProbeTraining
 from keras_aimv2.recipes._sections import Recipe
+from keras_aimv2.recipes._sections import RecipeReference
 from keras_aimv2.recipes._sections import Section
 from keras_aimv2.recipes._sections import TokenizerSection
 from keras_aimv2.recipes._sections import backbone_arguments
 from keras_aimv2.recipes._sections import convert
+from keras_aimv2.recipes._sections import convert_entry
 from keras_aimv2.recipes._sections import field_type
 from keras_aimv2.recipes._sections import recipe_type
+from keras_aimv2.recipes._sections import set_entry
 from keras_aimv2.recipes._sections import unknown_key_error
 
 __all__ = [
+    "AblationRecipe",
+    "AblationSection",
     "BackboneSection",
     "DecoderSection",
     "DistributionSection",
@@ -65,16 +71,22 @@ __all__ = [
     "ProbeTraining",
     "RECIPE_TYPES",
     "Recipe",
+    "RecipeReference",
     "Section",
     "TokenizerSection",
     "apply_overrides",
     "backbone_arguments",
+    "convert",
+    "convert_entry",
+    "field_type",
     "load_recipe",
     "packaged_recipes",
     "recipe_from_dict",
     "recipe_names",
     "recipe_path",
+    "set_entry",
     "typed_recipe",
+    "unknown_key_error",
 ]
 
 # The folder of the packaged recipe files: this package's own.
@@ -323,38 +335,9 @@ def apply_overrides(recipe, overrides):
                 f"Overrides are `section.key=value`. Received: {override!r}"
             )
         key = key.strip()
-        section_name, dot, name = key.rpartition(".")
-        section, node = type(recipe), values
-        if dot:
-            sections = _section_names(section)
-            if section_name not in sections:
-                close = difflib.get_close_matches(section_name, sections, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(
-                    f"Unknown recipe section {section_name!r} in "
-                    f"{override!r}.{hint} Known: {sorted(sections)}"
-                )
-            section = field_type(section, section_name)[0]
-            node = values[section_name]
-        if name not in section.entry_names():
-            raise unknown_key_error(section, name, override)
-        kind, rule = field_type(section, name)
-        if isinstance(kind, type) and issubclass(kind, Section):
-            raise ValueError(
-                f"`{key}` is a section: set its entries, e.g. "
-                f"{key}.{kind.entry_names()[0]}=... Received: {override!r}"
-            )
-        node[name] = convert(key, kind, rule, _literal(text.strip()))
+        value = _literal(text.strip())
+        set_entry(values, type(recipe), key, value, where=override)
     return type(recipe).from_dict(values)
-
-
-def _section_names(recipe_class):
-    return [
-        name
-        for name in recipe_class.entry_names()
-        if isinstance(field_type(recipe_class, name)[0], type)
-        and issubclass(field_type(recipe_class, name)[0], Section)
-    ]
 
 
 def _literal(text):

@@ -19,6 +19,7 @@ mappings (`recipe["training"]["steps"]`, `dict(recipe.decoder)`).
 """
 
 import collections.abc
+import copy
 import dataclasses
 import difflib
 import math
@@ -26,6 +27,8 @@ import typing
 from typing import Literal
 
 from keras_aimv2.configs import BACKBONE_CONFIGS
+from keras_aimv2.data.scenes import DEFAULT_PROBE_TASK
+from keras_aimv2.data.scenes import PROBE_TASKS
 from keras_aimv2.distribution import STRATEGIES
 from keras_aimv2.distribution import check_strategy
 from keras_aimv2.layers.patch_embedding import POSITION_EMBEDDINGS
@@ -93,6 +96,8 @@ class Section(collections.abc.Mapping):
     """
 
     NAME = ""
+    # The recipe type a section refers to (`RecipeReference`), else None.
+    RECIPE_CLASS = None
 
     def __post_init__(self):
         hints = _type_hints(type(self))
@@ -156,9 +161,11 @@ class Section(collections.abc.Mapping):
         values = {}
         for name in self.entry_names():
             value = getattr(self, name)
-            values[name] = (
-                value.to_dict() if isinstance(value, Section) else value
-            )
+            if isinstance(value, Section):
+                value = value.to_dict()
+            elif isinstance(value, dict):
+                value = copy.deepcopy(value)
+            values[name] = value
         return values
 
     def replace(self, **changes):
@@ -179,13 +186,14 @@ class Section(collections.abc.Mapping):
         return len(self.entry_names())
 
 
-def unknown_key_error(cls, name, override=None):
-    """The `ValueError` of an entry `name` that section `cls` lacks."""
+def unknown_key_error(cls, name, override=None, prefix=""):
+    """The `ValueError` of an entry `name` that section `cls` lacks
+    (`prefix`: written before its key, for a referenced recipe's)."""
     names = cls.entry_names()
-    key = cls.key(name) if isinstance(name, str) else repr(name)
+    key = prefix + cls.key(name) if isinstance(name, str) else repr(name)
     where = f" in {override!r}" if override else ""
     close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f" Did you mean {cls.key(close[0])!r}?" if close else ""
+    hint = f" Did you mean {prefix + cls.key(close[0])!r}?" if close else ""
     return ValueError(
         f"Unknown recipe key {key!r}{where}.{hint} Known keys here: "
         f"{sorted(names)}"
@@ -268,6 +276,100 @@ def convert(key, kind, rule, value):
     return converted
 
 
+def convert_entry(recipe_class, key, value, where=None, prefix=""):
+    """`value` as entry `key` of a recipe class, converted to its type.
+
+    Args:
+        recipe_class: a `Recipe` class (`PretrainingRecipe`, ...).
+        key: str. The entry, `section.key` or a top-level `key`; in a
+            section referring to another recipe (`RecipeReference`),
+            `section.section.key` is an entry of that recipe.
+        value: the value, converted as `convert` does.
+        where: str or `None`. The override the entry comes from, for
+            messages.
+        prefix: str. Written before `key` in messages (`"pretrain."` for
+            an entry of a referenced recipe).
+
+    Returns:
+        The converted value.
+
+    Raises:
+        ValueError: naming the entry, the value and what was expected, or
+            the unknown section or key (with the known ones).
+    """
+    head, dot, rest = key.partition(".")
+    sections = _section_names(recipe_class)
+    if dot and "." in rest and head in sections:
+        kind = field_type(recipe_class, head)[0]
+        if kind.RECIPE_CLASS is not None:
+            return convert_entry(
+                kind.RECIPE_CLASS, rest, value, where, f"{prefix}{head}."
+            )
+    section_name, dot, name = key.rpartition(".")
+    section = recipe_class
+    if dot:
+        if section_name not in sections:
+            close = difflib.get_close_matches(section_name, sections, n=1)
+            hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
+            raise ValueError(
+                f"Unknown recipe section {prefix + section_name!r} in "
+                f"{where or prefix + key!r}.{hint} Known: "
+                f"{sorted(prefix + name for name in sections)}"
+            )
+        section = field_type(recipe_class, section_name)[0]
+    if name not in section.entry_names():
+        raise unknown_key_error(section, name, where, prefix)
+    kind, rule = field_type(section, name)
+    if _is_section(kind):
+        raise ValueError(
+            f"`{prefix}{key}` is a section: set its entries, e.g. "
+            f"{prefix}{key}.{kind.entry_names()[0]}=... Received: "
+            f"{where or prefix + key!r}"
+        )
+    return convert(prefix + key, kind, rule, value)
+
+
+def set_entry(values, recipe_class, key, value, where=None):
+    """Set entry `key` of a recipe's `values` (a dict, changed in place).
+
+    The value is converted as `convert_entry` does. An entry of a
+    referenced recipe (`pretrain.training.steps` of an ablation recipe)
+    becomes an entry of that section's `overrides`.
+
+    Args:
+        values: dict. A recipe's entries by section (`Recipe.to_dict`).
+        recipe_class: the `Recipe` class of `values`.
+        key: str. The entry (see `convert_entry`).
+        value: the value.
+        where: str or `None`. The override it comes from, for messages.
+    """
+    converted = convert_entry(recipe_class, key, value, where)
+    head, _, rest = key.partition(".")
+    kind = field_type(recipe_class, head)[0] if "." in rest else None
+    if _is_section(kind) and kind.RECIPE_CLASS is not None:
+        section = dict(values.get(head) or {})
+        overrides = dict(section.get("overrides") or {})
+        overrides[rest] = converted
+        section["overrides"] = overrides
+        values[head] = section
+        return
+    section_name, dot, name = key.rpartition(".")
+    if dot:
+        values[section_name] = dict(values.get(section_name) or {})
+        values[section_name][name] = converted
+    else:
+        values[name] = converted
+
+
+def _section_names(recipe_class):
+    """The entries of `recipe_class` that are sections."""
+    return [
+        name
+        for name in recipe_class.entry_names()
+        if _is_section(field_type(recipe_class, name)[0])
+    ]
+
+
 def describe(kind):
     """What a value of type `kind` is, in words ("a positive int")."""
     base, optional = _without_none(kind)
@@ -280,6 +382,8 @@ def describe(kind):
         text = "a number"
     elif base is str:
         text = "a str"
+    elif base is dict:
+        text = "a dict"
     elif origin is Literal:
         text = f"one of {list(arguments)}"
     elif origin is tuple and arguments[-1] is Ellipsis:
@@ -329,6 +433,10 @@ def _convert(kind, value):
         if not isinstance(value, str):
             raise TypeError
         return value
+    if kind is dict:
+        if not isinstance(value, collections.abc.Mapping):
+            raise TypeError
+        return copy.deepcopy(dict(value))
     if origin is Literal:
         for choice in arguments:
             if type(value) is type(choice) and value == choice:
@@ -496,6 +604,8 @@ class PretrainingData(Section):
 class PretrainingTraining(Section):
     """`training` of pre-training: the optimization and its schedule.
 
+    The objective is `text_loss_weight * L_text + pixel_loss_weight *
+    L_img` (AIMv2: 1 and 0.4; 0 drops a loss, as `aimv2 ablate` does).
     `steps` counts optimizer updates, each averaging
     `gradient_accumulation_steps` batches of `batch_size`; the learning
     rate rises linearly for `warmup_steps` to `peak_learning_rate`, then
@@ -523,9 +633,18 @@ class PretrainingTraining(Section):
     gradient_accumulation_steps: int = entry(1, POSITIVE_INT)
     remat: bool = entry(False)
     rebuild: bool = entry(False)
+    text_loss_weight: float = entry(1.0, NON_NEGATIVE)
 
     def check(self):
         _check_dtype_policy(self.key("dtype_policy"), self.dtype_policy)
+        if not self.pixel_loss_weight and not self.text_loss_weight:
+            raise ValueError(
+                f"`{self.key('pixel_loss_weight')}` and "
+                f"`{self.key('text_loss_weight')}` are both 0: the "
+                "objective would train nothing. Give one a weight > 0. "
+                f"Received: {self.key('pixel_loss_weight')}=0.0, "
+                f"{self.key('text_loss_weight')}=0.0"
+            )
 
 
 def _check_dtype_policy(key, name):
@@ -566,11 +685,26 @@ class InitializeSection(Section):
     preset: str | None = entry(None)
 
 
+# The sources of probe images and labels (`data.source` of a probe).
+PROBE_SOURCES = ("fashion-mnist", "scenes")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ProbeData(Section):
-    """`data` of a probe: Fashion-MNIST from `root` (`None`: Debian's
-    dataset-fashion-mnist), the first `train_examples` and `test_examples`
-    images (`None`: all), `num_classes`, and the training augmentation."""
+    """`data` of a probe: labelled images, and the training augmentation.
+
+    `source` is `"fashion-mnist"` (the default: its first `train_examples`
+    and `test_examples` images, `None` for all, read from `root`, `None`
+    for Debian's dataset-fashion-mnist) or `"scenes"`: procedural scenes
+    (`keras_aimv2.data.scenes`) labelled by `task`, one of
+    `keras_aimv2.data.scenes.PROBE_TASKS` (`"large_count"`, the number of
+    large shapes, by default), `train_examples` of them from `seed` and
+    `test_examples` from `seed + 1`, drawn at `source_size` pixels (`None`:
+    the encoder's size). Scenes depend only on their seed and index, so a
+    probe's `seed` other than a pre-training's `data.seed` and `data.seed +
+    1` keeps its scenes out of that pre-training. `num_classes` is the
+    classifier's (for scenes, the task's number of classes).
+    """
 
     NAME = "data"
     train_examples: int | None = entry(None, POSITIVE_INT)
@@ -579,6 +713,28 @@ class ProbeData(Section):
     crop_scale: tuple[float, float] = entry(rule=CROP_SCALE)
     flip_probability: float = entry(rule=PROBABILITY)
     root: str | None = entry(None)
+    source: Literal[PROBE_SOURCES] = entry("fashion-mnist")
+    task: Literal[tuple(PROBE_TASKS)] = entry(DEFAULT_PROBE_TASK)
+    seed: int | None = entry(None, COUNT)
+    source_size: int | None = entry(None, POSITIVE_INT)
+
+    def check(self):
+        if self.source != "scenes":
+            return
+        for name in ("seed", "train_examples", "test_examples"):
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"`{self.key('source')}`='scenes' draws its examples "
+                    f"from `{self.key(name)}`, which must be set. Received: "
+                    f"{self.key(name)}=None"
+                )
+        classes = PROBE_TASKS[self.task].num_classes
+        if self.num_classes != classes:
+            raise ValueError(
+                f"The scenes task {self.task!r} has {classes} classes: set "
+                f"`{self.key('num_classes')}` to {classes}. Received: "
+                f"{self.key('num_classes')}={self.num_classes}"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -632,6 +788,9 @@ class Recipe(Section):
     """
 
     KIND = None
+    # The sections, any of which makes a recipe's values of this type
+    # (`recipe_type`).
+    MARKERS = ()
     # Sections that recipes of this kind written before typed recipes may
     # hold empty, and that are dropped.
     UNUSED = ()
@@ -693,6 +852,7 @@ class ProbeRecipe(Recipe):
     `head` section makes it one."""
 
     KIND = "probe"
+    MARKERS = ("head",)
     # A probe has no decoder and trains no tokenizer.
     UNUSED = ("decoder", "tokenizer")
     backbone: ProbeBackboneSection = entry()
@@ -701,10 +861,182 @@ class ProbeRecipe(Recipe):
     training: ProbeTraining = entry()
 
 
-RECIPE_TYPES = (PretrainingRecipe, ProbeRecipe)
+# === The objective ablation (`aimv2 ablate`) ===
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecipeReference(Section):
+    """A section naming another recipe, with entries of it changed.
+
+    `recipe` is a packaged recipe's name or a recipe file's path, or
+    `entries` the recipe's entries inline (a dict, as a recipe file's
+    `RECIPE`); exactly one is given. `overrides` maps that recipe's entries
+    (`"training.steps"`) to values, applied as `--set` would. Creating the
+    section loads and checks the recipe it names (`resolve` returns it), so
+    a wrong name, entry or value is an error naming it.
+    """
+
+    recipe: str | None = entry(None)
+    entries: dict | None = entry(None)
+    overrides: dict | None = entry(None)
+
+    def check(self):
+        if (self.recipe is None) == (self.entries is None):
+            raise ValueError(
+                f"`{self.NAME}` names its {self.RECIPE_CLASS.KIND} recipe "
+                f"by `{self.key('recipe')}` (a packaged name or a file) or "
+                f"by `{self.key('entries')}` (its entries), exactly one. "
+                f"Received: {self.key('recipe')}={self.recipe!r}, "
+                f"{self.key('entries')}="
+                f"{'None' if self.entries is None else 'a dict'}"
+            )
+        object.__setattr__(self, "_resolved", None)
+        object.__setattr__(self, "_resolved", self.resolve())
+        if self.entries is not None:
+            # The entries as their recipe holds them (tuples, defaults), so
+            # that a recipe read back from JSON equals the one written.
+            base = self.RECIPE_CLASS.from_dict(self.entries)
+            object.__setattr__(self, "entries", base.to_dict())
+        overrides = {
+            key: convert_entry(
+                self.RECIPE_CLASS, key, value, prefix=f"{self.NAME}."
+            )
+            for key, value in (self.overrides or {}).items()
+        }
+        object.__setattr__(self, "overrides", overrides or None)
+
+    def resolve(self):
+        """The referenced recipe, its overrides applied.
+
+        Returns:
+            A recipe of `RECIPE_CLASS`.
+
+        Raises:
+            ValueError: for a missing or invalid recipe, one of another
+                kind, or an override it refuses; the message names this
+                section's entry.
+        """
+        if getattr(self, "_resolved", None) is not None:
+            return self._resolved
+        from keras_aimv2.recipes import load_recipe
+
+        where = f"`{self.key('recipe')}`={self.recipe!r}"
+        try:
+            if self.entries is not None:
+                where = f"`{self.key('entries')}`"
+                base = recipe_type(self.entries).from_dict(self.entries)
+            else:
+                base = load_recipe(self.recipe)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if not isinstance(base, self.RECIPE_CLASS):
+            raise ValueError(
+                f"{where} is a {base.KIND} recipe; `{self.NAME}` needs a "
+                f"{self.RECIPE_CLASS.KIND} recipe."
+            )
+        values = base.to_dict()
+        for key, value in (self.overrides or {}).items():
+            if not isinstance(key, str):
+                raise entry_error(
+                    self.key("overrides"),
+                    "a dict of `section.key` strs to values",
+                    self.overrides,
+                )
+            set_entry(values, self.RECIPE_CLASS, key, value, where=key)
+        try:
+            return self.RECIPE_CLASS.from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"`{self.NAME}`: {error}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainReference(RecipeReference):
+    """`pretrain` of an ablation: the pre-training recipe each objective
+    runs (`RecipeReference`)."""
+
+    NAME = "pretrain"
+    RECIPE_CLASS = PretrainingRecipe
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProbeReference(RecipeReference):
+    """`probe` of an ablation: the probe of each encoder
+    (`RecipeReference`); its `backbone` is the pre-training's."""
+
+    NAME = "probe"
+    RECIPE_CLASS = ProbeRecipe
+
+
+# The objectives of AIMv2's ablation (Table 9), in the paper's order of
+# ImageNet-1k top-1 (85.6, about 85.2, 72.0), and the encoder at its
+# initialization.
+OBJECTIVES = ("aimv2", "captions", "pixels", "untrained")
+OBJECTIVE_NAMES = Rule(
+    f"a tuple of distinct objectives, each one of {list(OBJECTIVES)}",
+    lambda v: len(v) >= 1 and len(set(v)) == len(v),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AblationSection(Section):
+    """`ablation`: the `objectives` to compare, in order, of `OBJECTIVES`:
+    `"aimv2"` (the pre-training recipe's objective), `"captions"` (its
+    `pixel_loss_weight` 0), `"pixels"` (its `text_loss_weight` 0) and
+    `"untrained"` (the encoder at its initialization)."""
+
+    NAME = "ablation"
+    objectives: tuple[Literal[OBJECTIVES], ...] = entry(rule=OBJECTIVE_NAMES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AblationRecipe(Recipe):
+    """A recipe of `aimv2 ablate` (`keras_aimv2.ablation.ablate`): the
+    same pre-training under several objectives, each encoder probed.
+
+    `pretrain` and `probe` name their recipes (`RecipeReference`); `--set
+    pretrain.training.steps=20` sets an entry of the pre-training recipe,
+    `--set probe.training.epochs=1` one of the probe's, and `--set
+    ablation.objectives=...` the ablation's own.
+    """
+
+    KIND = "ablate"
+    MARKERS = ("ablation", "pretrain", "probe")
+    pretrain: PretrainReference = entry()
+    probe: ProbeReference = entry()
+    ablation: AblationSection = entry()
+
+    def check(self):
+        pretrain, probe = self.pretrain.resolve(), self.probe.resolve()
+        scenes = (pretrain.data.source, probe.data.source) == ("scenes",) * 2
+        if scenes and not pretrain.data.train_dir:
+            used = {pretrain.data.seed, pretrain.data.seed + 1}
+            if used & {probe.data.seed, probe.data.seed + 1}:
+                raise ValueError(
+                    "The probe's scenes (seeds `probe.data.seed` and + 1) "
+                    "must be held out from the pre-training's (seeds "
+                    "`pretrain.data.seed` and + 1): choose another "
+                    f"probe.data.seed. Received: probe.data.seed="
+                    f"{probe.data.seed}, pretrain.data.seed="
+                    f"{pretrain.data.seed}"
+                )
+
+    def check_runnable(self):
+        self.pretrain.resolve().check_runnable()
+        self.probe.resolve().check_runnable()
+
+
+# Every recipe type; a recipe's type is the first with a `MARKERS` section
+# in it (`recipe_type`), else a pre-training recipe.
+RECIPE_TYPES = (PretrainingRecipe, ProbeRecipe, AblationRecipe)
 
 
 def recipe_type(values):
-    """The recipe type of a recipe's values: a probe if it has `head`."""
-    is_probe = isinstance(values, collections.abc.Mapping) and "head" in values
-    return ProbeRecipe if is_probe else PretrainingRecipe
+    """The recipe type of a recipe's values: the first of `RECIPE_TYPES`
+    with one of its `MARKERS` sections in them (a probe has `head`, an
+    ablation `ablation`, `pretrain` and `probe`), else
+    `PretrainingRecipe`."""
+    if isinstance(values, collections.abc.Mapping):
+        for kind in RECIPE_TYPES:
+            if any(name in values for name in kind.MARKERS):
+                return kind
+    return PretrainingRecipe

@@ -58,7 +58,11 @@ def paper_recipe(size, peak_learning_rate):
             "weight_decay": 1e-4,
             # The global norm of all gradients together (clip_grad_norm_).
             "clipnorm": 1.0,
+            # The objective, text_loss_weight * L_text + pixel_loss_weight *
+            # L_img (AIMv2: 1 and 0.4); a weight of 0 drops its loss, as the
+            # objective ablation does (`aimv2 ablate`).
             "pixel_loss_weight": 0.4,
+            "text_loss_weight": 1.0,
             "seed": 0,
             "verbose": 1,
             # Mixed precision: "mixed_bfloat16" computes in bfloat16 and keeps
