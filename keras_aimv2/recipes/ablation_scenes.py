@@ -19,8 +19,9 @@ captions only about 85.2 > pixels only 72.0, and every pre-trained encoder
 above the untrained one. At this scale the differences are a few points
 and one seed; the table gives the held-out losses beside the accuracies.
 
-About 13 minutes on a 2-core CPU (JAX): each pre-training about 2.5, each
-probe about 1 (10,000 scenes drawn in a few seconds, 3 epochs).
+About 10 minutes on a 2-core CPU (JAX): each pre-training about 2 (0.25 s
+a step), each probe under 1 (10,000 scenes drawn in about 6 seconds, an
+epoch about 9 s).
 
     aimv2 ablate ablation_scenes
     aimv2 ablate ablation_scenes --set probe.data.task=object_count \\
