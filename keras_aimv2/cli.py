@@ -5,6 +5,7 @@
     aimv2 pretrain aimv2_1b --strategy sharded --mesh-shape 8,8
     aimv2 pretrain my_recipe.py
     aimv2 probe probe_fashion_mnist --set backbone.preset=DIR
+    aimv2 lit lit_fashion_mnist --set backbone.preset=DIR
     aimv2 ablate ablation_fashion_mnist --set pretrain.training.steps=20
     aimv2 pictures runs/tiny/preset/pretrainer --data DIR --output DIR
     aimv2 --backend torch info
@@ -60,6 +61,11 @@ def _parser():
             "test top-1 accuracy.",
         ),
         (
+            "lit",
+            "LiT-tune a text tower on a locked encoder (recipe), then "
+            "classify zero-shot; rerun to resume.",
+        ),
+        (
             "ablate",
             "Pre-train one encoder with AIMv2's objective, captions only, "
             "pixels only (and none), probe each, tabulate (paper Table 9); "
@@ -97,7 +103,7 @@ def _parser():
                 help="The objectives to run, in order, of aimv2, captions, "
                 "pixels, untrained (ablation.objectives).",
             )
-        if name == "pretrain":
+        if name in ("pretrain", "lit"):
             command.add_argument(
                 "--strategy",
                 choices=("none", "data_parallel", "sharded"),
@@ -151,7 +157,7 @@ def main(argv=None):
                 sys.executable,
                 [sys.executable, "-m", "keras_aimv2.cli", *command],
             )
-    if args.command in ("pretrain", "probe", "ablate"):
+    if args.command in ("pretrain", "probe", "lit", "ablate"):
         # On a CPU host, JAX's XLA:CPU tuning (`keras_aimv2.xla_cpu`): in
         # time, since nothing has started JAX's backends yet.
         from keras_aimv2 import xla_cpu
@@ -185,6 +191,10 @@ def main(argv=None):
         from keras_aimv2.transfer import probe
 
         return _run_recipe("probe", probe, args)
+    if args.command == "lit":
+        from keras_aimv2.lit_tuning import lit_tune
+
+        return _run_recipe("lit", lit_tune, args)
     if args.command == "ablate":
         from keras_aimv2.ablation import ablate
 

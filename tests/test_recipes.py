@@ -16,6 +16,7 @@ from keras_aimv2.recipes import AblationRecipe
 from keras_aimv2.recipes import BackboneSection
 from keras_aimv2.recipes import DistributionSection
 from keras_aimv2.recipes import InitializeSection
+from keras_aimv2.recipes import LiTRecipe
 from keras_aimv2.recipes import PretrainingRecipe
 from keras_aimv2.recipes import ProbeRecipe
 from keras_aimv2.recipes import apply_overrides
@@ -37,6 +38,7 @@ SHIPPED = {
     "aimv2_huge",
     "aimv2_large",
     "aimv2_large_336",
+    "lit_fashion_mnist",
     "probe_fashion_mnist",
     "tiny_scenes_cpu",
 }
@@ -57,7 +59,7 @@ def test_every_recipe_loads_and_names_its_paper(name):
         assert isinstance(recipe.pretrain.resolve(), PretrainingRecipe)
         assert isinstance(recipe.probe.resolve(), ProbeRecipe)
         return
-    assert isinstance(recipe, (PretrainingRecipe, ProbeRecipe))
+    assert isinstance(recipe, (PretrainingRecipe, ProbeRecipe, LiTRecipe))
     assert recipe.backbone.arguments()["patch_size"] > 0
     # The read-only mapping view of earlier dict recipes agrees.
     assert backbone_arguments(recipe["backbone"]) == recipe.backbone.arguments()

@@ -6,8 +6,9 @@ pre-training recipe (`aimv2 pretrain`) has the sections `backbone`
 (`AIMV2Backbone` arguments), `decoder` (the decoder of `AIMV2Pretrainer`),
 `data`, `tokenizer`, `training`, and optionally `distribution` and
 `initialize`; a probe recipe (`aimv2 probe`) has `backbone`, `data`, `head`
-and `training`. Nothing is hidden in code: a run reads every number from
-its recipe.
+and `training`; a LiT recipe (`aimv2 lit`) has `backbone` (the locked
+encoder), `text`, `data`, `tokenizer`, `training` and `zero_shot`.
+Nothing is hidden in code: a run reads every number from its recipe.
 
 Loading a recipe makes it typed (`PretrainingRecipe` or `ProbeRecipe`, one
 frozen dataclass per section; see `keras_aimv2.recipes._sections`): every
@@ -35,6 +36,8 @@ from keras_aimv2.recipes._sections import DecoderSection
 from keras_aimv2.recipes._sections import DistributionSection
 from keras_aimv2.recipes._sections import HeadSection
 from keras_aimv2.recipes._sections import InitializeSection
+from keras_aimv2.recipes._sections import LiTRecipe
+from keras_aimv2.recipes._sections import LiTTraining
 from keras_aimv2.recipes._sections import PretrainingData
 from keras_aimv2.recipes._sections import PretrainingRecipe
 from keras_aimv2.recipes._sections import PretrainingTraining
@@ -45,7 +48,9 @@ from keras_aimv2.recipes._sections import ProbeTraining
 from keras_aimv2.recipes._sections import Recipe
 from keras_aimv2.recipes._sections import RecipeReference
 from keras_aimv2.recipes._sections import Section
+from keras_aimv2.recipes._sections import TextTowerSection
 from keras_aimv2.recipes._sections import TokenizerSection
+from keras_aimv2.recipes._sections import ZeroShotSection
 from keras_aimv2.recipes._sections import backbone_arguments
 from keras_aimv2.recipes._sections import convert
 from keras_aimv2.recipes._sections import convert_entry
@@ -62,6 +67,8 @@ __all__ = [
     "DistributionSection",
     "HeadSection",
     "InitializeSection",
+    "LiTRecipe",
+    "LiTTraining",
     "PretrainingData",
     "PretrainingRecipe",
     "PretrainingTraining",
@@ -73,7 +80,9 @@ __all__ = [
     "Recipe",
     "RecipeReference",
     "Section",
+    "TextTowerSection",
     "TokenizerSection",
+    "ZeroShotSection",
     "apply_overrides",
     "backbone_arguments",
     "convert",

@@ -1025,15 +1025,106 @@ class AblationRecipe(Recipe):
         self.probe.resolve().check_runnable()
 
 
+# === LiT ===
+
+TEMPLATES = Rule(
+    "one or more prompt templates, each with one '{}' for the class name",
+    lambda v: len(v) >= 1 and all(t.count("{}") == 1 for t in v),
+)
+# The built-in data sets of zero-shot classification (`zero_shot.source`).
+ZERO_SHOT_SOURCES = ("fashion-mnist",)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextTowerSection(Section):
+    """`text`: the LiT model's text tower (`CausalTextEncoder`), its
+    `context_length` (the tokens of a caption, its end token included),
+    the width of both projections, and the heads of the image tower's
+    attention pool (`None`: the encoder's)."""
+
+    NAME = "text"
+    hidden_dim: int = entry(rule=POSITIVE_INT)
+    num_layers: int = entry(rule=POSITIVE_INT)
+    num_heads: int = entry(rule=POSITIVE_INT)
+    intermediate_dim: int = entry(rule=POSITIVE_INT)
+    context_length: int = entry(rule=POSITIVE_INT)
+    projection_dim: int = entry(rule=POSITIVE_INT)
+    pool_num_heads: int | None = entry(None, POSITIVE_INT)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LiTTraining(Section):
+    """`training` of LiT tuning: as pre-training's (steps of
+    `batch_size` image-caption pairs, AdamW with warm-up and cosine decay,
+    global-norm clipping), without the pre-training objective's weights.
+    The contrastive loss takes its negatives from the batch (from each
+    replica's share of it under TensorFlow and PyTorch replicas)."""
+
+    NAME = "training"
+    batch_size: int = entry(rule=POSITIVE_INT)
+    eval_batch_size: int = entry(rule=POSITIVE_INT)
+    steps: int = entry(rule=POSITIVE_INT)
+    steps_per_epoch: int = entry(rule=POSITIVE_INT)
+    warmup_steps: int = entry(rule=COUNT)
+    peak_learning_rate: float = entry(rule=POSITIVE)
+    final_learning_rate: float = entry(rule=NON_NEGATIVE)
+    weight_decay: float = entry(rule=NON_NEGATIVE)
+    clipnorm: float | None = entry(rule=POSITIVE)
+    seed: int = entry()
+    verbose: int = entry(1, VERBOSITY)
+    dtype_policy: str = entry("float32")
+    gradient_accumulation_steps: int = entry(1, POSITIVE_INT)
+    rebuild: bool = entry(False)
+
+    def check(self):
+        _check_dtype_policy(self.key("dtype_policy"), self.dtype_policy)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ZeroShotSection(Section):
+    """`zero_shot`: after tuning, classify the test images of `source`
+    (`None`: none) zero-shot, each class the mean embedding of its name in
+    every one of `templates`; the first `test_examples` images (`None`:
+    all), read from `root` (`None`: Debian's dataset-fashion-mnist)."""
+
+    NAME = "zero_shot"
+    source: Literal[ZERO_SHOT_SOURCES] | None = entry("fashion-mnist")
+    templates: tuple[str, ...] = entry(("{}", "a photo of {}"), TEMPLATES)
+    test_examples: int | None = entry(None, POSITIVE_INT)
+    batch_size: int = entry(500, POSITIVE_INT)
+    root: str | None = entry(None)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LiTRecipe(Recipe):
+    """A recipe of `aimv2 lit` (`keras_aimv2.lit_tuning.lit_tune`); its
+    `text` section makes it one. `backbone` is the locked image encoder:
+    a preset (usually a pre-training run's `preset/backbone`) or a random
+    initialisation, as a probe's."""
+
+    KIND = "lit"
+    MARKERS = ("text",)
+    backbone: ProbeBackboneSection = entry()
+    text: TextTowerSection = entry()
+    data: PretrainingData = entry()
+    tokenizer: TokenizerSection = entry()
+    training: LiTTraining = entry()
+    zero_shot: ZeroShotSection = entry(ZeroShotSection)
+    distribution: DistributionSection = entry(DistributionSection)
+
+    def check_runnable(self):
+        PretrainingRecipe.check_runnable(self)
+
+
 # Every recipe type; a recipe's type is the first with a `MARKERS` section
 # in it (`recipe_type`), else a pre-training recipe.
-RECIPE_TYPES = (PretrainingRecipe, ProbeRecipe, AblationRecipe)
+RECIPE_TYPES = (PretrainingRecipe, ProbeRecipe, AblationRecipe, LiTRecipe)
 
 
 def recipe_type(values):
     """The recipe type of a recipe's values: the first of `RECIPE_TYPES`
     with one of its `MARKERS` sections in them (a probe has `head`, an
-    ablation `ablation`, `pretrain` and `probe`), else
+    ablation `ablation`, `pretrain` and `probe`, a LiT recipe `text`), else
     `PretrainingRecipe`."""
     if isinstance(values, collections.abc.Mapping):
         for kind in RECIPE_TYPES:
