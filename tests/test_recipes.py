@@ -123,8 +123,10 @@ def test_packaged_recipes_give_name_paper_and_summary():
     assert by_name["aimv2_1b"]["summary"].startswith("AIMv2-1B pre-training")
     assert by_name["probe_fashion_mnist"]["command"] == "probe"
     assert by_name["ablation_scenes"]["command"] == "ablate"
+    assert by_name["lit_fashion_mnist"]["command"] == "lit"
     assert {r["command"] for r in listing if r["name"] in SHIPPED} == {
         "ablate",
+        "lit",
         "pretrain",
         "probe",
     }
