@@ -2,9 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import only_on
 from conftest import to_numpy
 
 from keras_aimv2.cli import main
@@ -132,3 +135,54 @@ def test_the_command_refuses_a_recipe_of_another_kind(capsys):
     assert "aimv2 pretrain" in capsys.readouterr().err
     assert main(["pretrain", RECIPE]) == 2
     assert "aimv2 lit" in capsys.readouterr().err
+
+
+def _distributed_lit(tmp_path, *extra, environment=None, launcher=()):
+    """`aimv2 lit` at the toy size, 2 steps, in fresh processes."""
+    output = str(tmp_path / "lit")
+    command = [*launcher] or [sys.executable]
+    command += ["-m", "keras_aimv2.cli", "lit", RECIPE, *extra]
+    command += ["--output-dir", output, "--set", *TOY]
+    command += ["training.steps=2", "training.steps_per_epoch=2"]
+    command += ["data.train_examples=64", "zero_shot.test_examples=50"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", **(environment or {}))
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=environment
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    with open(os.path.join(output, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["steps"] == 2
+    assert 0.0 <= metrics["zero_shot"]["top1"] <= 1.0
+    assert os.path.isdir(os.path.join(output, "preset", "lit"))
+    return completed.stdout
+
+
+@only_on("jax")
+def test_lit_data_parallel_over_two_jax_devices(tmp_path):
+    flags = "--xla_force_host_platform_device_count=2"
+    stdout = _distributed_lit(
+        tmp_path,
+        "--strategy",
+        "data_parallel",
+        environment={"XLA_FLAGS": flags},
+    )
+    assert "strategy 'data_parallel', 2 replica(s)" in stdout
+
+
+@only_on("tensorflow")
+def test_lit_under_mirrored_strategy(tmp_path):
+    stdout = _distributed_lit(tmp_path, "--strategy", "data_parallel")
+    assert "strategy 'data_parallel', 1 replica(s)" in stdout
+
+
+@only_on("torch")
+def test_lit_with_two_torchrun_processes(tmp_path):
+    from test_distribution import _free_port
+
+    launcher = [sys.executable, "-m", "torch.distributed.run"]
+    launcher += ["--nproc-per-node=2", f"--master-port={_free_port()}"]
+    stdout = _distributed_lit(
+        tmp_path, "--strategy", "data_parallel", launcher=launcher
+    )
+    assert "process 0 of 2" in stdout and "process 1 of 2" in stdout
