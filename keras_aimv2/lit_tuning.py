@@ -34,13 +34,18 @@ from keras_aimv2.models.aimv2_tokenizer import AIMV2Tokenizer
 from keras_aimv2.models.aimv2_zero_shot_classifier import (
     AIMV2ZeroShotClassifier,
 )
+from keras_aimv2.outputs import log as _log
 from keras_aimv2.recipes import LiTRecipe
 from keras_aimv2.training import TrainingJob
 from keras_aimv2.training import compile_pretrainer
-from keras_aimv2.training import log
 from keras_aimv2.training import run_training
 from keras_aimv2.transfer import build_encoder
 from keras_aimv2.transfer import probe_datasets
+
+
+def log(message):
+    """A log line of `aimv2 lit`."""
+    _log("lit", message)
 
 
 def build_lit(recipe, tokenizer_path):
