@@ -29,13 +29,18 @@ import numpy as np
 import torch
 from absl.testing import parameterized
 from keras_hub.src.tests.test_case import TestCase
-from safetensors.torch import save_file
+from test_conversion import apple_layout
+from test_conversion import hf_model
+from test_conversion import lit_layout
+from test_conversion import max_difference
+from test_conversion import save_state_dict
+from test_conversion import timm_layout
+from test_conversion import under
 from transformers import Aimv2Config
 from transformers import Aimv2Model
 from transformers import Aimv2TextConfig
 from transformers import Aimv2VisionConfig
 from transformers import CLIPTokenizer
-from transformers.initialization import no_init_weights
 
 import keras_aimv2
 from keras_aimv2 import conversion
@@ -71,22 +76,13 @@ WORDS = (
 ).split()
 
 
-def perturb(model, seed):
-    """Give every parameter a distinctive random value."""
-    generator = torch.Generator().manual_seed(seed)
+def peer_model(config, seed):
+    """transformers' `Aimv2Model` with distinctive random values
+    (`test_conversion.hf_model`) and a logit scale inside the clamp."""
+    model = hf_model(Aimv2Model, config, seed)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.normal_(generator=generator)
-            if "rms_norm" in name:
-                param.mul_(0.3).add_(1.0)
-            elif "embedding" in name or "cls_token" in name:
-                param.mul_(0.5)
-            elif param.ndim == 1:
-                param.mul_(0.1)
-            elif param.ndim > 1:
-                param.mul_(param[0].numel() ** -0.5)
         model.logit_scale.fill_(LOG_LOGIT_SCALE)
-    return model.eval()
+    return model
 
 
 def token_ids(seed, length):
@@ -152,119 +148,23 @@ def write_tokenizer(directory, vocabulary, merges):
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def apple_trunk(sd, depth):
-    """transformers' `encoder.layers.N` and `rms_norm` -> Apple's `trunk`."""
-    out = {"trunk.post_trunk_norm.weight": sd["rms_norm.weight"]}
-    for i in range(depth):
-        ours, theirs = f"trunk.blocks.{i}.", f"encoder.layers.{i}."
-        out.update(
-            {
-                ours + "norm_1.weight": sd[theirs + "rms_norm1.weight"],
-                ours + "attn.qkv.weight": torch.cat(
-                    [
-                        sd[theirs + f"attention.{name}_proj.weight"]
-                        for name in "qkv"
-                    ]
-                ),
-                ours + "attn.proj.weight": sd[
-                    theirs + "attention.out_proj.weight"
-                ],
-                ours + "norm_2.weight": sd[theirs + "rms_norm2.weight"],
-                ours + "mlp.fc1.weight": sd[theirs + "ffn.gate_proj.weight"],
-                ours + "mlp.fc3.weight": sd[theirs + "ffn.up_proj.weight"],
-                ours + "mlp.fc2.weight": sd[theirs + "ffn.down_proj.weight"],
-            }
-        )
-    return out
-
-
-def under(prefix, sd):
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
 def apple_lit(sd):
-    """transformers' `Aimv2Model` -> Apple's `AIMv2LiT` (apple/ml-aim).
-
-    Apple fuses q, k and v into `attn.qkv`, stores the image position
-    embedding as `(1, num_patches, dim)` but the text one as
-    `(context_length, dim)` (`TextPreprocessor.positional_embedding`).
-    """
-    vision, text = under("vision_model.", sd), under("text_model.", sd)
-    image = {
-        "preprocessor.patchifier.proj.weight": vision[
-            "embeddings.patch_embed.weight"
-        ],
-        "preprocessor.patchifier.proj.bias": vision[
-            "embeddings.patch_embed.bias"
-        ],
-        "preprocessor.patchifier.norm.weight": vision[
-            "embeddings.rms_norm.weight"
-        ],
-        "preprocessor.pos_embed": vision[
-            "embeddings.position_embedding.weight"
-        ][None],
-        **apple_trunk(vision, VISION["num_hidden_layers"]),
-        "head.cls_token": vision["head.cls_token"],
-        "head.k.weight": vision["head.k_proj.weight"],
-        "head.v.weight": vision["head.v_proj.weight"],
-        "head.linear.weight": vision["head.output_proj.weight"],
-        "head.linear.bias": vision["head.output_proj.bias"],
-    }
-    caption = {
-        "preprocessor.text_embedding.weight": text[
-            "embeddings.token_embedding.weight"
-        ],
-        "preprocessor.positional_embedding": text[
-            "embeddings.position_embedding.weight"
-        ],
-        **apple_trunk(text, TEXT["num_hidden_layers"]),
-    }
-    return {
-        **{"image_encoder." + k: v for k, v in image.items()},
-        **{"text_encoder." + k: v for k, v in caption.items()},
-        "image_projector.weight": sd["visual_projection.weight"],
-        "text_projector.weight": sd["text_projection.weight"],
-        "log_logit_scale": sd["logit_scale"],
-    }
-
-
-# timm's names of the image tower, which Apple's `AIMv2LiT` may also use
-# (its text tower and projections keep Apple's names).
-TIMM_RENAMES = {
-    "preprocessor.patchifier.proj.": "patch_embed.proj.",
-    "preprocessor.patchifier.norm.": "patch_embed.norm.",
-    "preprocessor.pos_embed": "pos_embed",
-    "trunk.post_trunk_norm.": "norm.",
-    "trunk.blocks.": "blocks.",
-    ".norm_1.": ".norm1.",
-    ".norm_2.": ".norm2.",
-    ".mlp.fc1.": ".mlp.fc1_g.",
-    ".mlp.fc3.": ".mlp.fc1_x.",
-}
+    """transformers' `Aimv2Model` -> Apple's `AIMv2LiT` (apple/ml-aim)."""
+    depths = (VISION["num_hidden_layers"], TEXT["num_hidden_layers"])
+    return lit_layout(sd, apple_layout, *depths)
 
 
 def timm_lit(sd):
     """Apple's `AIMv2LiT` with its image tower in timm's names."""
-    out = {}
-    for key, value in apple_lit(sd).items():
-        if key.startswith("image_encoder."):
-            for old, new in TIMM_RENAMES.items():
-                key = key.replace(old, new)
-        out[key] = value
-    return out
+    depths = (VISION["num_hidden_layers"], TEXT["num_hidden_layers"])
+    return lit_layout(sd, timm_layout, *depths)
 
 
 def save_tensors(tensors, directory):
+    """Write `tensors` as `directory/model.safetensors`; returns its path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "model.safetensors")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
-    return path
-
-
-def max_difference(ours, theirs):
-    ours = keras.ops.convert_to_numpy(ours)
-    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-    return float(np.max(np.abs(ours - theirs)))
+    return save_state_dict(tensors, path)
 
 
 class LiTConversionTest(TestCase):
@@ -280,8 +180,7 @@ class LiTConversionTest(TestCase):
             projection_dim=PROJECTION_DIM,
             attn_implementation="eager",
         )
-        with no_init_weights():
-            cls.peer = perturb(Aimv2Model(config), seed=7)
+        cls.peer = peer_model(config, seed=7)
         cls.state_dict = cls.peer.state_dict()
         rng = np.random.default_rng(3)
         cls.images = rng.normal(size=(2, 32, 32, 3)).astype("float32")
