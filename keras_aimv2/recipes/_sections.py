@@ -601,17 +601,15 @@ class PretrainingData(Section):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PretrainingTraining(Section):
-    """`training` of pre-training: the optimization and its schedule.
+class TrainingSection(Section):
+    """`training` of a run of `keras_aimv2.training.run_training`: the
+    optimization and its schedule.
 
-    The objective is `text_loss_weight * L_text + pixel_loss_weight *
-    L_img` (AIMv2: 1 and 0.4; 0 drops a loss, as `aimv2 ablate` does).
     `steps` counts optimizer updates, each averaging
     `gradient_accumulation_steps` batches of `batch_size`; the learning
     rate rises linearly for `warmup_steps` to `peak_learning_rate`, then
     follows a cosine to `final_learning_rate`. `dtype_policy` is a Keras
-    dtype policy (`"mixed_bfloat16"` computes in bfloat16), `remat`
-    recomputes block activations in the backward pass, and `rebuild`
+    dtype policy (`"mixed_bfloat16"` computes in bfloat16), and `rebuild`
     (usually given as `--set training.rebuild=True`) lets a run rebuild
     what a changed recipe invalidates in its output directory.
     """
@@ -626,17 +624,32 @@ class PretrainingTraining(Section):
     final_learning_rate: float = entry(rule=NON_NEGATIVE)
     weight_decay: float = entry(rule=NON_NEGATIVE)
     clipnorm: float | None = entry(rule=POSITIVE)
-    pixel_loss_weight: float = entry(rule=NON_NEGATIVE)
     seed: int = entry()
     verbose: int = entry(1, VERBOSITY)
     dtype_policy: str = entry("float32")
     gradient_accumulation_steps: int = entry(1, POSITIVE_INT)
-    remat: bool = entry(False)
     rebuild: bool = entry(False)
-    text_loss_weight: float = entry(1.0, NON_NEGATIVE)
 
     def check(self):
         _check_dtype_policy(self.key("dtype_policy"), self.dtype_policy)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainingTraining(TrainingSection):
+    """`training` of pre-training: a `TrainingSection` with the objective's
+    weights and `remat`.
+
+    The objective is `text_loss_weight * L_text + pixel_loss_weight *
+    L_img` (AIMv2: 1 and 0.4; 0 drops a loss, as `aimv2 ablate` does).
+    `remat` recomputes block activations in the backward pass.
+    """
+
+    pixel_loss_weight: float = entry(rule=NON_NEGATIVE)
+    remat: bool = entry(False)
+    text_loss_weight: float = entry(1.0, NON_NEGATIVE)
+
+    def check(self):
+        super().check()
         if not self.pixel_loss_weight and not self.text_loss_weight:
             raise ValueError(
                 f"`{self.key('pixel_loss_weight')}` and "
@@ -1053,31 +1066,12 @@ class TextTowerSection(Section):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LiTTraining(Section):
-    """`training` of LiT tuning: as pre-training's (steps of
+class LiTTraining(TrainingSection):
+    """`training` of LiT tuning: a `TrainingSection` (steps of
     `batch_size` image-caption pairs, AdamW with warm-up and cosine decay,
     global-norm clipping), without the pre-training objective's weights.
     The contrastive loss takes its negatives from the batch (from each
     replica's share of it under TensorFlow and PyTorch replicas)."""
-
-    NAME = "training"
-    batch_size: int = entry(rule=POSITIVE_INT)
-    eval_batch_size: int = entry(rule=POSITIVE_INT)
-    steps: int = entry(rule=POSITIVE_INT)
-    steps_per_epoch: int = entry(rule=POSITIVE_INT)
-    warmup_steps: int = entry(rule=COUNT)
-    peak_learning_rate: float = entry(rule=POSITIVE)
-    final_learning_rate: float = entry(rule=NON_NEGATIVE)
-    weight_decay: float = entry(rule=NON_NEGATIVE)
-    clipnorm: float | None = entry(rule=POSITIVE)
-    seed: int = entry()
-    verbose: int = entry(1, VERBOSITY)
-    dtype_policy: str = entry("float32")
-    gradient_accumulation_steps: int = entry(1, POSITIVE_INT)
-    rebuild: bool = entry(False)
-
-    def check(self):
-        _check_dtype_policy(self.key("dtype_policy"), self.dtype_policy)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
