@@ -666,6 +666,25 @@ def variables_kept_on_failure(model):
         raise
 
 
+class VariablesKeptOnFailure:
+    """A model mixin: `fit` and `evaluate` under `variables_kept_on_failure`.
+
+    If either raises, the weights stay those of the last completed step,
+    on every backend, so that an interrupted run can save them.
+    """
+
+    def fit(self, *args, **kwargs):
+        """Keras's `fit`; if it raises, the weights stay those of the last
+        completed step (`variables_kept_on_failure`)."""
+        with variables_kept_on_failure(self):
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras's `evaluate`; if it raises, the weights stay usable."""
+        with variables_kept_on_failure(self):
+            return super().evaluate(*args, **kwargs)
+
+
 def _drop_step_functions(model):
     """Make the next `fit`, `evaluate` or `predict` compile afresh."""
     model.train_function = None

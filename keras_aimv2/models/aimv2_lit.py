@@ -6,7 +6,7 @@ from keras_hub.models import Task
 from keras_aimv2 import contrastive
 from keras_aimv2 import objective
 from keras_aimv2.api import register
-from keras_aimv2.compat import variables_kept_on_failure
+from keras_aimv2.compat import VariablesKeptOnFailure
 from keras_aimv2.models.aimv2_lit_backbone import AIMV2LiTBackbone
 from keras_aimv2.models.aimv2_lit_preprocessor import AIMV2LiTPreprocessor
 from keras_aimv2.models.aimv2_presets import NamedPresets
@@ -17,7 +17,7 @@ LIT_NO_DECAY = (*NO_DECAY, "query", "log_logit_scale")
 
 
 @register
-class AIMV2LiT(NamedPresets, Task):
+class AIMV2LiT(VariablesKeptOnFailure, NamedPresets, Task):
     """Contrastive image-text tuning of an `AIMV2LiTBackbone`.
 
     LiT ("LiT: Zero-Shot Transfer with Locked-image text Tuning", Zhai et
@@ -128,18 +128,6 @@ class AIMV2LiT(NamedPresets, Task):
             )
             optimizer.exclude_from_weight_decay(var_names=list(LIT_NO_DECAY))
         super().compile(optimizer=optimizer, **kwargs)
-
-    def fit(self, *args, **kwargs):
-        """Keras's `fit`; if it raises, the weights stay those of the last
-        completed step, on every backend (`variables_kept_on_failure`), so
-        that an interrupted run can save them."""
-        with variables_kept_on_failure(self):
-            return super().fit(*args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        """Keras's `evaluate`; if it raises, the weights stay usable."""
-        with variables_kept_on_failure(self):
-            return super().evaluate(*args, **kwargs)
 
     def compile_from_config(self, config):
         """Recompile from a saved `.keras` file, optimizer state included."""

@@ -11,7 +11,7 @@ from keras_aimv2 import objective
 from keras_aimv2 import xla_cpu
 from keras_aimv2.api import register
 from keras_aimv2.compat import FirstReplicaSymbolicBuild
-from keras_aimv2.compat import variables_kept_on_failure
+from keras_aimv2.compat import VariablesKeptOnFailure
 from keras_aimv2.layers.decoder import MultimodalCausalDecoder
 from keras_aimv2.layers.heads import PixelHead
 from keras_aimv2.layers.heads import TextHead
@@ -29,7 +29,9 @@ INPUT_KEYS = ("images", "token_ids", "padding_mask", "prefix_lengths")
 
 
 @register
-class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
+class AIMV2Pretrainer(
+    FirstReplicaSymbolicBuild, VariablesKeptOnFailure, NamedPresets, Task
+):
     """Pre-trains an `AIMV2Backbone` with AIMv2's multimodal objective.
 
     The encoder reads the image under prefix attention with a prefix length
@@ -236,17 +238,6 @@ class AIMV2Pretrainer(FirstReplicaSymbolicBuild, NamedPresets, Task):
         preset = resolve_preset(preset)
         check_preset_files(preset, load_weights, task=True)
         return super().from_preset(preset, load_weights, **kwargs)
-
-    def fit(self, *args, **kwargs):
-        """Keras's `fit`; if it raises, the weights stay those of the last
-        completed step, on every backend (`variables_kept_on_failure`)."""
-        with variables_kept_on_failure(self):
-            return super().fit(*args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        """Keras's `evaluate`; if it raises, the weights stay usable."""
-        with variables_kept_on_failure(self):
-            return super().evaluate(*args, **kwargs)
 
     def compile_from_config(self, config):
         """Recompile from a saved `.keras` file, optimizer state included."""
